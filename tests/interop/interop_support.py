@@ -23,6 +23,7 @@ import logging
 import os
 import queue
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +41,9 @@ from aiohttp import web
 TESTS_DIR = str(Path(__file__).resolve().parent.parent)
 if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)  # tests/ holds proc.py
+# Re-exported for the tests (explicit `as` form).
+from proc import ProxyProcess as ProxyProcess  # noqa: E402
+from proc import proxy_process as proxy_process  # noqa: E402
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 API_AUDIENCE = "https://api.test"
@@ -140,10 +144,10 @@ def run_echo_upstream() -> Iterator[EchoUpstream]:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-            started.put(sockets[0].getsockname()[1])
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            await web.SockSite(runner, sock).start()
+            started.put(sock.getsockname()[1])
             await stop.wait()
         finally:
             await runner.cleanup()
@@ -235,9 +239,7 @@ class OidcIssuer:
             def redirect_request(self, *args: Any, **kwargs: Any) -> None:
                 return None
 
-        opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(jar), _NoRedirect
-        )
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), _NoRedirect)
         url = f"{self.url}/auth?" + urllib.parse.urlencode(
             {
                 "client_id": "web",
@@ -464,9 +466,7 @@ def run_moto_cognito() -> Iterator[Cognito]:
                 AuthFlow="ADMIN_USER_PASSWORD_AUTH",
                 AuthParameters={"USERNAME": username, "PASSWORD": COGNITO_PASSWORD},
             )["AuthenticationResult"]
-            return CognitoTokens(
-                result["IdToken"], result["AccessToken"], result["RefreshToken"]
-            )
+            return CognitoTokens(result["IdToken"], result["AccessToken"], result["RefreshToken"])
 
         yield Cognito(
             endpoint=endpoint,
@@ -500,3 +500,41 @@ def metric_sum(metrics_text: str, name: str, **labels: str) -> float:
             if all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def proxy_get(proxy: ProxyProcess, path: str, token: str | None, **headers: str) -> Response:
+    """GET through the proxy, with `token` as the bearer (if any) and extra headers."""
+    return http_request(proxy.url + path, headers={**(bearer(token) if token else {}), **headers})
+
+
+def metrics_text(proxy: ProxyProcess) -> str:
+    """The proxy's admin /metrics page."""
+    status, text = proxy.admin_get("/metrics")
+    assert status == 200, text
+    return text
+
+
+# --------------------------------------------------------------------------- assertions
+
+
+def describe(resp: Response) -> str:
+    """Status, headers and the start of the body, for assertion messages."""
+    return f"{resp.status} {dict(resp.headers)} {resp.body[:300]!r}"
+
+
+def assert_invalid_token(resp: Response) -> None:
+    """401 with an RFC 6750 invalid_token challenge and JSON error body."""
+    assert resp.status == 401, describe(resp)
+    challenge = resp.headers.get("WWW-Authenticate", "")
+    assert challenge.startswith("Bearer"), describe(resp)
+    assert 'error="invalid_token"' in challenge, describe(resp)
+    assert resp.json()["error"] == "invalid_token", describe(resp)
+
+
+def assert_insufficient_scope(resp: Response, mentions: str | None = None) -> None:
+    """403 with an RFC 6750 insufficient_scope challenge (naming `mentions` if given)."""
+    assert resp.status == 403, describe(resp)
+    challenge = resp.headers.get("WWW-Authenticate", "")
+    assert 'error="insufficient_scope"' in challenge, describe(resp)
+    if mentions is not None:
+        assert mentions in challenge, describe(resp)

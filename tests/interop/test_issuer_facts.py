@@ -72,7 +72,8 @@ def test_moto_serves_jwks_at_pool_path(cognito: Cognito) -> None:
     ]
     # moto 5 has no OIDC discovery document for a pool: the Cognito shorthand must not
     # depend on discovery.
-    disco = http_request(f"{cognito.endpoint}/{cognito.user_pool_id}/.well-known/openid-configuration")
+    pool_url = f"{cognito.endpoint}/{cognito.user_pool_id}"
+    disco = http_request(f"{pool_url}/.well-known/openid-configuration")
     assert disco.status != 200
 
 
