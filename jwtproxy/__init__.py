@@ -1,0 +1,3 @@
+"""jwtproxy: an async, JWT-validating reverse proxy."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,241 @@
+"""aiohttp glue: the proxy server, the admin app, and the one place where an error
+becomes an HTTP response."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import ssl
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+
+from .config import Config
+from .errors import Forbidden, JwtProxyError, KeysUnavailable, MissingToken
+from .forwarder import Forwarder, UpstreamTiming
+from .gate import Decision, Gate, RequestView
+from .jwks import KeyStore, build_stores
+from .log import ACCESS_LOGGER
+from .metrics import NO_ISSUER, NO_ROUTE, Metrics
+from .verifier import Verifier
+
+log = logging.getLogger("jwtproxy.app")
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+REALM: Final = 'Bearer realm="jwtproxy"'
+RETRY_AFTER_SECONDS: Final = 30
+REQUEST_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+DESCRIPTION_UNSAFE: Final = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')  # RFC 6750 §3
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """Everything built from one config version; requests keep the one they started with."""
+
+    config: Config
+    gate: Gate
+    stores: Mapping[str, KeyStore]
+
+
+def error_response(err: JwtProxyError) -> web.Response:
+    description = DESCRIPTION_UNSAFE.sub("", err.description)
+    body: dict[str, str] = {"error": err.error or "unauthorized",
+                            "error_description": description}
+    headers: dict[str, str] = {}
+    if isinstance(err, MissingToken):
+        headers["WWW-Authenticate"] = REALM
+    elif err.status in (400, 401, 403):
+        challenge = f'{REALM}, error="{err.error}", error_description="{description}"'
+        if isinstance(err, Forbidden) and err.scope:
+            challenge += f', scope="{DESCRIPTION_UNSAFE.sub("", err.scope)}"'
+        headers["WWW-Authenticate"] = challenge
+    elif isinstance(err, KeysUnavailable):
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    if err.status == 404:
+        body = {"error": "not_found"}
+    return web.json_response(body, status=err.status, headers=headers)
+
+
+class ProxyApp:
+    """Holds the current State and the shared pools; swaps State on reload."""
+
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.forwarder = Forwarder()
+        self.key_session: aiohttp.ClientSession | None = None
+        self.state: State | None = None
+        self.initial_config = config
+
+    async def start(self) -> None:
+        self.key_session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=30), cookie_jar=aiohttp.DummyCookieJar())
+        await self.forwarder.start()
+        self.state = await self.build_state(self.initial_config, {})
+
+    async def close(self) -> None:
+        if self.state is not None:
+            await asyncio.gather(*(store.close() for store in self.state.stores.values()))
+        await self.forwarder.close()
+        if self.key_session is not None:
+            await self.key_session.close()
+
+    async def build_state(self, config: Config, reuse: Mapping[str, KeyStore]) -> State:
+        """Key stores of unchanged issuers are reused; new ones load before the swap."""
+        stores: dict[str, KeyStore] = {}
+        fresh: list[KeyStore] = []
+        for name, issuer in config.issuers.items():
+            old = reuse.get(name)
+            if old is not None and old.issuer == issuer:
+                stores[name] = old
+            else:
+                store = build_stores([issuer], self.key_session, self.metrics)[name]
+                stores[name] = store
+                fresh.append(store)
+        await asyncio.gather(*(store.start() for store in fresh))
+        verifier = Verifier(config.issuers, stores)
+        for issuer in config.issuers.values():
+            if not issuer.audiences:
+                log.warning("issuer_without_audiences", extra={"issuer": issuer.name})
+        return State(config, Gate(config, verifier), stores)
+
+    async def reload(self, config: Config) -> None:
+        assert self.state is not None
+        old = self.state
+        self.state = await self.build_state(config, old.stores)
+        kept = set(map(id, self.state.stores.values()))
+        await asyncio.gather(*(store.close() for store in old.stores.values()
+                               if id(store) not in kept))
+
+    def missing_keys(self) -> list[dict[str, str]]:
+        """Issuers used by a route that have no usable keys (for /readyz)."""
+        assert self.state is not None
+        used = {name for route in self.state.config.routes if route.auth
+                for name in route.auth.issuers}
+        return [
+            {"issuer": name, "error": store.last_error or "keys not loaded yet"}
+            for name, store in self.state.stores.items()
+            if name in used and not store.ready
+        ]
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        state = self.state
+        assert state is not None
+        raw_path, _, _ = request.raw_path.partition("?")
+        request_id = request.headers.get("X-Request-Id", "")
+        if not REQUEST_ID_PATTERN.fullmatch(request_id):
+            request_id = uuid.uuid4().hex
+        view = RequestView(request.method, request.host, raw_path, request.query_string,
+                           request.headers)
+        timing = UpstreamTiming()
+        decision: Decision | None = None
+        status = 500
+        try:
+            decision = await state.gate.decide(view)
+            self._record_auth(decision)
+            if decision.error is not None:
+                response: web.StreamResponse = error_response(decision.error)
+            else:
+                assert decision.route is not None
+                headers = decision.route.plan.request_headers(
+                    request.headers, decision.claims, _peer(request), request.scheme, request_id)
+                response = await self.forwarder.forward(
+                    request, decision.route.route, decision.upstream_path, headers, timing)
+        except JwtProxyError as err:
+            response = error_response(err)
+        status = response.status
+        route_name = decision.route.route.name if decision and decision.route else NO_ROUTE
+        elapsed = time.perf_counter() - started
+        self.metrics.requests.labels(route_name, str(status)).inc()
+        self.metrics.request_duration.labels(route_name).observe(elapsed)
+        if timing.seconds is not None:
+            self.metrics.upstream_duration.labels(route_name).observe(timing.seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info("request", extra=_access_fields(
+                request, route_name, status, elapsed, timing, decision, request_id))
+        if not response.prepared:
+            response.headers["X-Request-Id"] = request_id
+        return response
+
+    def _record_auth(self, decision: Decision) -> None:
+        if decision.auth_reason is None or decision.route is None:
+            return
+        self.metrics.auth.labels(
+            decision.route.route.name, decision.issuer or NO_ISSUER,
+            "denied" if decision.auth_denied else "allowed", decision.auth_reason,
+        ).inc()
+        if decision.cache_hit is not None:
+            self.metrics.token_cache.labels("hit" if decision.cache_hit else "miss").inc()
+
+
+def _peer(request: web.BaseRequest) -> str | None:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return str(peer[0]) if peer else None
+
+
+def _access_fields(
+    request: web.BaseRequest, route: str, status: int, elapsed: float,
+    timing: UpstreamTiming, decision: Decision | None, request_id: str,
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "route": route, "method": request.method, "path": request.path, "status": status,
+        "duration_ms": round(elapsed * 1000, 3), "request_id": request_id,
+    }
+    if timing.seconds is not None:
+        fields["upstream_ms"] = round(timing.seconds * 1000, 3)
+    if decision is not None and decision.auth_reason is not None:
+        fields["issuer"] = decision.issuer
+        fields["auth"] = decision.auth_reason
+        if decision.claims is not None:
+            for claim in ("sub", "jti"):
+                if isinstance(decision.claims.get(claim), str):
+                    fields[claim] = decision.claims[claim][:128]
+    return fields
+
+
+def admin_app(proxy: ProxyApp) -> web.Application:
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=proxy.metrics.exposition(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "pid": os.getpid()})
+
+    async def readyz(_: web.Request) -> web.Response:
+        missing = proxy.missing_keys()
+        if missing:
+            return web.json_response({"status": "not_ready", "missing": missing}, status=503)
+        return web.json_response({"status": "ready"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+def server_ssl_context(config: Config) -> ssl.SSLContext | None:
+    tls = config.server.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
+
+
+def proxy_server(proxy: ProxyApp, config: Config) -> web.Server:
+    # auto_decompress off: bodies go upstream byte for byte, whatever their encoding.
+    return web.Server(
+        proxy.handle, auto_decompress=False,
+        max_field_size=max(8190, config.server.max_token_bytes + 1024),
+        access_log=None,
+    )
+
+

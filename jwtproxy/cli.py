@@ -1,0 +1,107 @@
+"""Command line: `run`, `check`, `demo`, `explain`. The only place that exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Final
+
+from .config import Config
+from .errors import ConfigError
+from .loader import load_file
+
+EXIT_OK: Final = 0
+EXIT_RUNTIME: Final = 1
+EXIT_USAGE: Final = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jwtproxy", description="JWT-validating reverse proxy")
+    parser.add_argument("-c", "--config", help="config file (run is the default command)")
+    commands = parser.add_subparsers(dest="command")
+    run = commands.add_parser("run", help="serve")
+    run.add_argument("-c", "--config", required=True, dest="config")
+    run.add_argument("--watch", action="store_true", help="reload when the file changes")
+    run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    check = commands.add_parser("check", help="validate the config")
+    check.add_argument("-c", "--config", required=True, dest="config")
+    commands.add_parser("demo", help="local issuer + echo upstream + proxy, with curl lines")
+    explain = commands.add_parser("explain", help="show the decision for one request")
+    explain.add_argument("-c", "--config", required=True, dest="config")
+    explain.add_argument("--method", default="GET")
+    explain.add_argument("--host", default="localhost")
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
+    explain.add_argument("--offline", action="store_true",
+                         help="never fetch keys (only jwks_file / secret issuers verify)")
+    explain.add_argument("path")
+    explain.add_argument("token", nargs="?", default="",
+                         help="the token, or - to read it from stdin; omit for none")
+    return parser
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_file(path)
+    except ConfigError as err:
+        print(f"{path}: invalid config", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or ("run" if args.config else None)
+    if command is None:
+        _parser().print_help(sys.stderr)
+        return EXIT_USAGE
+    if command == "demo":
+        from .demo import run_demo
+
+        return run_demo()
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    if command == "check":
+        print(f"{args.config}: ok ({len(config.issuers)} issuers, {len(config.routes)} routes)")
+        return EXIT_OK
+    if command == "explain":
+        from .explain import explain
+
+        token = sys.stdin.read().strip() if args.token == "-" else args.token
+        return asyncio.run(explain(config, args.method, args.host, args.path, token,
+                                   as_json=args.json, offline=args.offline))
+    return _run(Path(args.config), config, getattr(args, "watch", False),
+                getattr(args, "worker", False))
+
+
+def _run(path: Path, config: Config, watch: bool, worker: bool) -> int:
+    from .log import setup_logging
+
+    setup_logging(config.log.level, config.log.format)
+    if config.server.workers > 1 and not worker:
+        from .supervisor import supervise
+
+        return supervise(path, config.server.workers, config.server.graceful_timeout, watch)
+    from .serve import serve
+
+    _install_uvloop()
+    try:
+        asyncio.run(serve(path, config, watch))
+    except OSError as err:
+        import logging
+
+        logging.getLogger("jwtproxy.cli").error("cannot_serve", extra={"error": str(err)})
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -1,0 +1,185 @@
+"""The config as frozen value objects, with the defaults as named constants.
+
+`loader` builds these from YAML and reports every problem with its path; everything
+downstream receives only a valid `Config`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Final, Literal
+from urllib.parse import urlsplit
+
+DEFAULT_LISTEN: Final = ("0.0.0.0", 8080)
+DEFAULT_ADMIN_LISTEN: Final = ("127.0.0.1", 9090)
+DEFAULT_GRACEFUL_TIMEOUT: Final = 30.0
+DEFAULT_MAX_TOKEN_BYTES: Final = 8192
+DEFAULT_LEEWAY: Final = 60.0
+DEFAULT_CACHE_TTL: Final = 600.0
+DEFAULT_REFRESH_MIN_INTERVAL: Final = 30.0
+DEFAULT_STALE_IF_ERROR: Final = 86400.0
+DEFAULT_FETCH_TIMEOUT: Final = 5.0
+DEFAULT_CONNECT_TIMEOUT: Final = 5.0
+DEFAULT_READ_TIMEOUT: Final = 60.0
+DEFAULT_ASYMMETRIC_ALGORITHMS: Final = ("RS256",)
+DEFAULT_SYMMETRIC_ALGORITHMS: Final = ("HS256",)
+COGNITO_HOST_TEMPLATE: Final = "https://cognito-idp.{region}.amazonaws.com"
+LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain"})
+
+ASYMMETRIC_ALGORITHMS: Final = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+     "EdDSA", "Ed25519"}
+)
+SYMMETRIC_ALGORITHMS: Final = frozenset({"HS256", "HS384", "HS512"})
+
+AuthMode = Literal["required", "optional", "report_only"]
+TokenUse = Literal["id", "access"]
+TokenSourceKind = Literal["header", "cookie", "query"]
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    cert_file: str
+    key_file: str
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    listen: Listen = Listen(*DEFAULT_LISTEN)
+    workers: int = 1
+    graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT
+    max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES
+    tls: Tls | None = None
+    trusted_proxies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    listen: Listen = Listen(*DEFAULT_ADMIN_LISTEN)
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class JwksSettings:
+    cache_ttl: float = DEFAULT_CACHE_TTL
+    refresh_min_interval: float = DEFAULT_REFRESH_MIN_INTERVAL
+    stale_if_error: float = DEFAULT_STALE_IF_ERROR
+    timeout: float = DEFAULT_FETCH_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
+class Issuer:
+    """One trusted token issuer and where its keys come from.
+
+    Exactly one key source is set: `jwks_uri`, `discovery_uri`, `jwks_file` or `secret`.
+    """
+
+    name: str
+    issuer: str
+    audiences: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = DEFAULT_ASYMMETRIC_ALGORITHMS
+    leeway: float = DEFAULT_LEEWAY
+    token_use: TokenUse | None = None
+    typ: str | None = None
+    jwks_uri: str | None = None
+    discovery_uri: str | None = None
+    jwks_file: str | None = None
+    secret: str | None = None
+    jwks: JwksSettings = JwksSettings()
+    ca_file: str | None = None
+    allow_insecure_http: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSource:
+    kind: TokenSourceKind
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    host: str | None = None
+    path: str | None = None
+    path_prefix: str | None = None
+    methods: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    mode: AuthMode = "required"
+    issuers: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()
+    any_scopes: tuple[str, ...] = ()
+    claims: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    claims: tuple[tuple[str, str], ...] = ()
+    payload_header: str | None = None
+    authorization: Literal["keep", "strip"] = "keep"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    upstream: str
+    match: Match = Match()
+    auth: Auth | None = field(default_factory=Auth)  # None = `auth: none`
+    forward: Forward = Forward()
+    cors_preflight: Literal["pass", "authenticate"] = "authenticate"
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    issuers: dict[str, Issuer]
+    routes: tuple[Route, ...]
+    tokens: tuple[TokenSource, ...] = (TokenSource("header", "Authorization"),)
+    server: Server = Server()
+    admin: Admin = Admin()
+    log: Log = Log()
+
+    def claim_header_names(self) -> frozenset[str]:
+        """Every header name any route fills from claims: stripped from every request."""
+        names = set()
+        for route in self.routes:
+            names.update(header for _, header in route.forward.claims)
+            if route.forward.payload_header:
+                names.add(route.forward.payload_header)
+        return frozenset(names)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for names and addresses that stay on this machine (plain http is allowed there)."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def url_allowed(url: str, insecure_ok: bool) -> bool:
+    """https:// anywhere; plain http:// only to loopback unless `insecure_ok`."""
+    parts = urlsplit(url)
+    if not parts.hostname or parts.scheme not in ("http", "https"):
+        return False
+    return parts.scheme == "https" or insecure_ok or is_loopback_host(parts.hostname)

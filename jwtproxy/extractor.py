@@ -1,0 +1,89 @@
+"""Where the bearer token is: configured sources in order, one place only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+from urllib.parse import parse_qs
+
+from .config import TokenSource
+from .errors import InvalidRequest, Malformed
+
+
+class Headers(Protocol):
+    def getall(self, key: str, default: list[str] = ...) -> list[str]: ...
+
+
+class TokenExtractor:
+    def __init__(self, sources: Sequence[TokenSource], max_token_bytes: int) -> None:
+        self.sources = tuple(sources)
+        self.max_token_bytes = max_token_bytes
+
+    def extract(self, headers: Headers, query_string: str) -> str | None:
+        """The token, or None if the request carries none.
+
+        Raises `InvalidRequest` for ambiguous credentials (RFC 6750 §2: a client must not
+        use more than one method) and `Malformed` for a token over the size limit.
+        """
+        found: str | None = None
+        if len(headers.getall("Authorization", [])) > 1:
+            raise InvalidRequest("more than one Authorization header")
+        for source in self.sources:
+            token = self._from_source(source, headers, query_string)
+            if token is None:
+                continue
+            if found is not None:
+                raise InvalidRequest("token presented in more than one place")
+            found = token
+        if found is not None and len(found) > self.max_token_bytes:
+            raise Malformed(f"token larger than {self.max_token_bytes} bytes")
+        return found
+
+    def _from_source(self, source: TokenSource, headers: Headers, query: str) -> str | None:
+        if source.kind == "header":
+            values = headers.getall(source.name, [])
+            if len(values) > 1:
+                raise InvalidRequest(f"more than one {source.name} header")
+            if not values:
+                return None
+            return _bearer(values[0], bare_ok=source.name.lower() != "authorization")
+        if source.kind == "cookie":
+            return _cookie(headers.getall("Cookie", []), source.name)
+        if query and source.name in query:
+            values = parse_qs(query, keep_blank_values=True).get(source.name, [])
+            if len(values) > 1:
+                raise InvalidRequest(f"more than one {source.name} query parameter")
+            return values[0] or None if values else None
+        return None
+
+
+def _bearer(value: str, bare_ok: bool) -> str | None:
+    """`Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1). Another scheme means
+    no bearer token; a bare value (custom headers) is taken as the token itself."""
+    scheme, _, rest = value.strip().partition(" ")
+    if not rest:
+        if scheme.lower() == "bearer":
+            raise Malformed("empty bearer token")
+        return scheme if bare_ok and scheme else None
+    if scheme.lower() != "bearer":
+        return None
+    token = rest.strip()
+    if not token or " " in token or "\t" in token:
+        raise Malformed("bearer token must be one token68 value")
+    return token
+
+
+def _cookie(cookie_headers: list[str], name: str) -> str | None:
+    found: list[str] = []
+    for header in cookie_headers:
+        if name not in header:
+            continue
+        for part in header.split(";"):
+            key, sep, value = part.strip().partition("=")
+            if sep and key == name:
+                found.append(value.strip().strip('"'))
+    if len(found) > 1:
+        raise InvalidRequest(f"more than one {name} cookie")
+    return found[0] or None if found else None
+
+

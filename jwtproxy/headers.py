@@ -1,0 +1,135 @@
+"""Request and response header rewriting, compiled once per route.
+
+Strip before inject: every header name that any route fills from claims is removed from
+every incoming request (also under `_` / case variants), then the route's claims are set.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from .config import Route
+
+# RFC 9110 §7.6.1 hop-by-hop fields, plus the non-standard ones proxies still see.
+HOP_BY_HOP: Final = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+    "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+})
+REQUEST_ONLY_DROPPED: Final = frozenset({"expect", "x-forwarded-proto", "x-forwarded-host",
+                                         "x-forwarded-for", "forwarded", "x-request-id"})
+RESPONSE_DROPPED: Final = HOP_BY_HOP | {"content-length"}
+REQUEST_ID: Final = "X-Request-Id"
+
+
+def normalized_name(name: str) -> str:
+    """Header names as most frameworks read them: case- and `_`/`-`-insensitive."""
+    return name.lower().replace("_", "-")
+
+
+def claim_header_value(value: Any) -> str | None:
+    """Only primitives become headers: lists joined with ",", objects as compact JSON.
+    Values with control characters are refused (header injection)."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str | int | float):
+        text = str(value)
+    elif isinstance(value, list):
+        parts = [claim_header_value(item) for item in value]
+        text = ",".join(part for part in parts if part is not None)
+    elif isinstance(value, dict):
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    else:
+        return None
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
+        return None
+    return text
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", []):
+        tokens.update(normalized_name(token.strip()) for token in value.split(","))
+    return tokens
+
+
+class TrustedProxies:
+    def __init__(self, networks: Iterable[str]) -> None:
+        self.networks = tuple(ipaddress.ip_network(net, strict=False) for net in networks)
+
+    def __contains__(self, peer: object) -> bool:
+        if not self.networks or not isinstance(peer, str):
+            return False
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in net for net in self.networks)
+
+
+class HeaderPlan:
+    """The header rewrite of one route."""
+
+    def __init__(self, route: Route, stripped: frozenset[str], trusted: TrustedProxies) -> None:
+        self.claims = route.forward.claims
+        self.payload_header = route.forward.payload_header
+        self.strip_authorization = route.forward.authorization == "strip"
+        self.dropped = frozenset(normalized_name(n) for n in stripped) | HOP_BY_HOP | (
+            REQUEST_ONLY_DROPPED)
+        if self.strip_authorization:
+            self.dropped |= {"authorization"}
+        self.trusted = trusted
+
+    def request_headers(
+        self,
+        incoming: CIMultiDictProxy[str],
+        claims: Mapping[str, Any] | None,
+        peer: str | None,
+        scheme: str,
+        request_id: str,
+    ) -> CIMultiDict[str]:
+        dropped = self.dropped | _connection_tokens(incoming) if "Connection" in incoming \
+            else self.dropped
+        out: CIMultiDict[str] = CIMultiDict()
+        for name, value in incoming.items():
+            if normalized_name(name) not in dropped:
+                out.add(name, value)
+        self._forwarded(out, incoming, peer, scheme)
+        out[REQUEST_ID] = request_id
+        if claims is not None:
+            for claim, header in self.claims:
+                value = claim_header_value(claims.get(claim))
+                if value is not None:
+                    out[header] = value
+            if self.payload_header:
+                payload = json.dumps(claims, separators=(",", ":")).encode()
+                out[self.payload_header] = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+        return out
+
+    def _forwarded(
+        self, out: CIMultiDict[str], incoming: CIMultiDictProxy[str], peer: str | None,
+        scheme: str,
+    ) -> None:
+        peer = peer or "unknown"
+        host = incoming.get("Host", "")
+        trusted = peer in self.trusted
+        prior_for = ", ".join(incoming.getall("X-Forwarded-For", []))
+        out["X-Forwarded-For"] = f"{prior_for}, {peer}" if prior_for else peer
+        out["X-Forwarded-Proto"] = (
+            incoming.get("X-Forwarded-Proto", scheme) if trusted else scheme)
+        out["X-Forwarded-Host"] = incoming.get("X-Forwarded-Host", host) if trusted else host
+        node = f'"[{peer}]"' if ":" in peer else peer
+        element = f"for={node};proto={scheme}" + (f';host="{host}"' if host else "")
+        prior = ", ".join(incoming.getall("Forwarded", [])) if trusted else ""
+        out["Forwarded"] = f"{prior}, {element}" if prior else element
+
+
+def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    dropped = RESPONSE_DROPPED | _connection_tokens(upstream)
+    return CIMultiDict(
+        (name, value) for name, value in upstream.items() if name.lower() not in dropped)

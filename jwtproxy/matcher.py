@@ -1,0 +1,111 @@
+"""Route table: compiled once, first match in file order wins.
+
+Paths are matched after percent-decoding and dot-segment removal (RFC 3986 §5.2.4), so
+`/public/../admin` is matched as `/admin`. Lookups cost the number of path segments,
+not the number of routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import unquote
+
+from .config import Route
+
+ANY_PATH: Final = None
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedPath:
+    """`path` is what routes match against; `changed` says whether it differs in
+    structure from the raw path (dot segments or encoded separators), in which case the
+    request is forwarded with `path` so that the upstream sees what was authorized."""
+
+    path: str
+    changed: bool
+
+
+def normalize_path(raw_path: str) -> NormalizedPath:
+    decoded = unquote(raw_path, errors="replace") if "%" in raw_path else raw_path
+    if "\\" in decoded:
+        decoded = decoded.replace("\\", "/")
+    segments = decoded.split("/")
+    if "." not in segments and ".." not in segments:
+        changed = decoded.count("/") != raw_path.count("/")
+        return NormalizedPath(decoded, changed)
+    out: list[str] = []
+    for segment in segments[1:]:
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+    trailing = segments[-1] in (".", "..")
+    path = "/" + "/".join(out) + ("/" if trailing and out else "")
+    return NormalizedPath(path, True)
+
+
+def _prefix_key(prefix: str) -> str:
+    return prefix.rstrip("/")
+
+
+class RouteTable:
+    """Indexes routes by exact path and by path prefix; keeps file order as priority."""
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self.routes = tuple(routes)
+        self.exact: dict[str, list[int]] = {}
+        self.prefix: dict[str, list[int]] = {}
+        self.any_path: list[int] = []
+        for index, route in enumerate(self.routes):
+            if route.match.path is not None:
+                self.exact.setdefault(route.match.path, []).append(index)
+            elif route.match.path_prefix is not None:
+                self.prefix.setdefault(_prefix_key(route.match.path_prefix), []).append(index)
+            else:
+                self.any_path.append(index)
+
+    def match(self, method: str, host: str, path: str) -> Route | None:
+        best = len(self.routes)
+        for index in self._candidates(path):
+            if index < best and self._fits(self.routes[index], method, host):
+                best = index
+        return self.routes[best] if best < len(self.routes) else None
+
+    def _candidates(self, path: str) -> list[int]:
+        found = list(self.any_path)
+        found.extend(self.exact.get(path, ()))
+        if self.prefix:
+            prefix = self.prefix
+            found.extend(prefix.get("", ()))
+            start = 1
+            while True:
+                slash = path.find("/", start)
+                if slash < 0:
+                    found.extend(prefix.get(path.rstrip("/"), ()))
+                    break
+                found.extend(prefix.get(path[:slash], ()))
+                start = slash + 1
+        return found
+
+    @staticmethod
+    def _fits(route: Route, method: str, host: str) -> bool:
+        match = route.match
+        if match.methods is not None and method not in match.methods:
+            return False
+        if match.host is None:
+            return True
+        name = _host_name(host)
+        if match.host.startswith("*."):
+            return name.endswith(match.host[1:]) and len(name) > len(match.host) - 1
+        return name == match.host
+
+
+def _host_name(host: str) -> str:
+    """The Host header without port, lowercased (RFC 9110 §4.2.3: case-insensitive)."""
+    host = host.lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.rsplit(":", 1)[0] if ":" in host else host

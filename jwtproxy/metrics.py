@@ -1,0 +1,84 @@
+"""The Prometheus metric catalog, created once per registry with fixed label names.
+
+Label values come only from config names (route, issuer) and fixed enums (result,
+reason, code): never from paths, subjects or tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Final
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from . import __version__
+
+LATENCY_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0,
+)
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+NO_ROUTE: Final = "(none)"
+NO_ISSUER: Final = "(none)"
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        live = "livesum" if multiprocess_enabled() else "all"
+        reg = self.registry
+        self.requests = Counter("jwtproxy_requests", "Requests answered, by route and status",
+                                ["route", "code"], registry=reg)
+        self.request_duration = Histogram(
+            "jwtproxy_request_duration_seconds", "Whole request time, by route", ["route"],
+            buckets=LATENCY_BUCKETS, registry=reg)
+        self.upstream_duration = Histogram(
+            "jwtproxy_upstream_duration_seconds", "Time to the upstream's response headers",
+            ["route"], buckets=LATENCY_BUCKETS, registry=reg)
+        self.auth = Counter("jwtproxy_auth", "Authentication decisions",
+                            ["route", "issuer", "result", "reason"], registry=reg)
+        self.jwks_refresh = Counter("jwtproxy_jwks_refresh", "JWKS fetches by result",
+                                    ["issuer", "result"], registry=reg)
+        self.jwks_keys = Gauge("jwtproxy_jwks_keys", "Keys held per issuer", ["issuer"],
+                               registry=reg, multiprocess_mode=live)
+        self.jwks_last_success = Gauge(
+            "jwtproxy_jwks_last_success_timestamp_seconds", "Time of the last good JWKS fetch",
+            ["issuer"], registry=reg, multiprocess_mode="max")
+        self.token_cache = Counter("jwtproxy_token_cache", "Verified-token cache lookups",
+                                   ["result"], registry=reg)
+        self.config_reloads = Counter("jwtproxy_config_reloads", "Config reloads by result",
+                                      ["result"], registry=reg)
+        self.build_info = Gauge("jwtproxy_build_info", "Build information", ["version"],
+                                registry=reg, multiprocess_mode="max")
+        self.build_info.labels(__version__).set(1)
+        for result in ("hit", "miss"):
+            self.token_cache.labels(result)
+        for result in ("ok", "error"):
+            self.config_reloads.labels(result)
+
+    def jwks_refreshed(self, issuer: str, ok: bool, key_count: int | None) -> None:
+        self.jwks_refresh.labels(issuer, "ok" if ok else "error").inc()
+        if ok:
+            self.jwks_last_success.labels(issuer).set(time.time())
+            if key_count is not None:
+                self.jwks_keys.labels(issuer).set(key_count)
+
+    def exposition(self) -> bytes:
+        """The text format; merges all workers' files in multiprocess mode."""
+        if multiprocess_enabled():
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)
+            return generate_latest(merged)
+        return generate_latest(self.registry)

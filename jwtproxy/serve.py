@@ -1,0 +1,100 @@
+"""One serving process: start, reload on SIGHUP (or file change with --watch), drain on
+SIGTERM/SIGINT within `graceful_timeout`, exit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import Final
+
+from aiohttp import web
+
+from .app import ProxyApp, admin_app, proxy_server, server_ssl_context
+from .config import Config
+from .errors import ConfigError
+from .loader import load_file
+from .metrics import Metrics
+
+log = logging.getLogger("jwtproxy.serve")
+
+WATCH_INTERVAL: Final = 1.0
+
+
+async def serve(config_path: Path, config: Config, watch: bool = False) -> None:
+    metrics = Metrics()
+    proxy = ProxyApp(config, metrics)
+    await proxy.start()
+    reuse_port = config.server.workers > 1
+    proxy_runner = web.ServerRunner(proxy_server(proxy, config),
+                                    shutdown_timeout=config.server.graceful_timeout)
+    admin_runner = web.AppRunner(admin_app(proxy), access_log=None, shutdown_timeout=1.0)
+    await proxy_runner.setup()
+    await admin_runner.setup()
+    stop = asyncio.Event()
+    reloading = asyncio.Lock()
+    loop = asyncio.get_running_loop()
+
+    async def reload(reason: str) -> None:
+        async with reloading:
+            try:
+                new = load_file(config_path)
+            except ConfigError as err:
+                metrics.config_reloads.labels("error").inc()
+                log.error("config_reload_refused", extra={"reason": reason,
+                                                          "problems": err.problems})
+                return
+            if (new.server != proxy.state.config.server if proxy.state else False) or (
+                    proxy.state and new.admin != proxy.state.config.admin):
+                log.warning("config_reload_partial", extra={
+                    "detail": "server and admin settings take effect on restart"})
+            await proxy.reload(new)
+            metrics.config_reloads.labels("ok").inc()
+            log.info("config_reloaded", extra={"reason": reason, "routes": len(new.routes)})
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload("SIGHUP")))
+    watcher = asyncio.create_task(_watch(config_path, reload)) if watch else None
+    try:
+        listen, admin = config.server.listen, config.admin.listen
+        await web.TCPSite(proxy_runner, listen.host, listen.port,
+                          ssl_context=server_ssl_context(config),
+                          reuse_port=reuse_port, backlog=1024).start()
+        await web.TCPSite(admin_runner, admin.host, admin.port, reuse_port=reuse_port).start()
+        log.info("listening", extra={"proxy": str(listen), "admin": str(admin),
+                                     "routes": len(config.routes)})
+        await stop.wait()
+        log.info("draining", extra={"graceful_timeout": config.server.graceful_timeout})
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        await proxy_runner.cleanup()
+        await admin_runner.cleanup()
+        await proxy.close()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+    log.info("stopped")
+
+
+async def _watch(path: Path, reload: object) -> None:
+    """Poll the file's mtime: portable, and cheap at one stat per second."""
+    assert callable(reload)
+
+    def stamp() -> tuple[float, int] | None:
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        return info.st_mtime, info.st_size
+
+    last = stamp()
+    while True:
+        await asyncio.sleep(WATCH_INTERVAL)
+        current = stamp()
+        if current is not None and current != last:
+            last = current
+            await reload("watch")

@@ -1,0 +1,92 @@
+"""`server.workers > 1`: N worker processes share the ports (SO_REUSEPORT); the
+supervisor restarts a crashed worker and passes SIGHUP/SIGTERM/SIGINT on.
+
+Workers are fresh interpreters (not forks) so that prometheus-client sees
+PROMETHEUS_MULTIPROC_DIR at import and `/metrics` merges every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Final
+
+from .metrics import MULTIPROC_ENV
+
+log = logging.getLogger("jwtproxy.supervisor")
+
+RESTART_BACKOFF: Final = 1.0
+POLL_INTERVAL: Final = 0.2
+
+
+def supervise(config_path: Path, workers: int, graceful_timeout: float, watch: bool) -> int:
+    metrics_dir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="jwtproxy-metrics-")
+    own_dir = MULTIPROC_ENV not in os.environ
+    env = {**os.environ, MULTIPROC_ENV: metrics_dir}
+    command = [sys.executable, "-m", "jwtproxy", "run", "-c", str(config_path), "--worker"]
+    if watch:
+        command.append("--watch")
+    stopping = False
+    children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def spawn() -> None:
+        child = subprocess.Popen(command, env=env)
+        children[child.pid] = child
+        log.info("worker_started", extra={"pid": child.pid})
+
+    def on_stop(signum: int, _: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children.values():
+            child.send_signal(signum)
+
+    def on_hup(signum: int, _: FrameType | None) -> None:
+        for child in children.values():
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    try:
+        for _ in range(workers):
+            spawn()
+        while children:
+            time.sleep(POLL_INTERVAL)
+            for pid, child in list(children.items()):
+                code = child.poll()
+                if code is None:
+                    continue
+                del children[pid]
+                _mark_dead(pid)
+                if not stopping:
+                    log.error("worker_exited", extra={"pid": pid, "code": code})
+                    time.sleep(RESTART_BACKOFF)
+                    spawn()
+        return 0
+    finally:
+        deadline = time.monotonic() + graceful_timeout + 5
+        for child in children.values():
+            if child.poll() is None:
+                child.terminate()
+        for child in children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if own_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _mark_dead(pid: int) -> None:
+    from prometheus_client import multiprocess
+
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)
