@@ -11,10 +11,11 @@
 # `admin.listen: 0.0.0.0:9090` so that probes and Prometheus can reach /healthz, /readyz and
 # /metrics, and keep `server.listen` on 0.0.0.0:8080.
 #
-# Read-only root filesystem: nothing is written at run time (PYTHONDONTWRITEBYTECODE, bytecode
-# compiled at install). With `server.workers` > 1, set PROMETHEUS_MULTIPROC_DIR to a directory
-# on a writable tmpfs, e.g. /tmp/jwtproxy-metrics (in Kubernetes /tmp is an emptyDir); the
-# prometheus-client multiprocess mode keeps each worker's figures there.
+# Read-only root filesystem: with one worker nothing is written at run time
+# (PYTHONDONTWRITEBYTECODE; bytecode is compiled at install). With `server.workers` > 1 the
+# workers keep their metrics (prometheus-client multiprocess mode) in PROMETHEUS_MULTIPROC_DIR
+# if set, else in a private directory under /tmp: mount a writable tmpfs at /tmp
+# (`docker run --read-only --tmpfs /tmp`; an emptyDir in Kubernetes).
 #
 # The proxy runs as PID 1 and handles SIGTERM (drain for `server.graceful_timeout`) and SIGHUP
 # (reload) itself, so no init shim is needed.
