@@ -230,12 +230,14 @@ def server_ssl_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-def proxy_server(proxy: ProxyApp, config: Config) -> web.Server:
+def server_options(config: Config) -> dict[str, Any]:
+    """Options of the proxy's low-level aiohttp server."""
     # auto_decompress off: bodies go upstream byte for byte, whatever their encoding.
-    return web.Server(
-        proxy.handle, auto_decompress=False,
-        max_field_size=max(8190, config.server.max_token_bytes + 1024),
-        access_log=None,
-    )
+    return {"auto_decompress": False, "access_log": None,
+            "max_field_size": max(8190, config.server.max_token_bytes + 1024)}
+
+
+def proxy_server(proxy: ProxyApp, config: Config) -> web.Server:
+    return web.Server(proxy.handle, **server_options(config))
 
 
