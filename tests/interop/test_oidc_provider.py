@@ -8,6 +8,7 @@ loopback. Access tokens are RFC 9068 JWTs (`typ: at+jwt`) for the resource
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import time
 from collections.abc import Iterator
@@ -257,8 +258,9 @@ async def test_key_rotation_under_load(
     loop = asyncio.get_running_loop()
 
     async def mint(session: aiohttp.ClientSession, alg: str) -> str:
-        basic = aiohttp.BasicAuth(f"svc-{alg.lower()}", CLIENT_SECRET)
-        async with session.post(token_url, data=form, auth=basic) as resp:
+        basic = base64.b64encode(f"svc-{alg.lower()}:{CLIENT_SECRET}".encode()).decode()
+        headers = {"Authorization": f"Basic {basic}"}
+        async with session.post(token_url, data=form, headers=headers) as resp:
             assert resp.status == 200, await resp.text()
             token = (await resp.json())["access_token"]
             assert isinstance(token, str)
