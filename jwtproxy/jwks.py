@@ -169,6 +169,8 @@ class KeyStore:
 
     async def start(self) -> None:
         """First load; failures are logged and retried in the background."""
+        if self.issuer.secret is not None:
+            return
         await self.refresh()
         if self.is_remote:
             self._background = asyncio.create_task(self._refresh_loop())
