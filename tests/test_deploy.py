@@ -18,6 +18,11 @@ from typing import Any, Final
 
 import pytest
 import yaml
+from aiohttp import web
+
+from tests.conftest import Proxy, ProxyFactory
+from tests.servers import EchoUpstream
+from tests.tokens import KeyRing, mint
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 DOCKERFILE: Final = ROOT / "Dockerfile"
@@ -469,3 +474,106 @@ def test_jwtproxy_check_rejects_a_broken_configmap_config(tmp_path: Path) -> Non
     result = _check(config)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "no_such_key" in result.stdout + result.stderr
+
+
+# --- the ConfigMap config does what its comments say -------------------------------------------
+
+
+def _cognito_issuer() -> tuple[str, dict[str, Any]]:
+    name, issuer = next((n, i) for n, i in _proxy_config()["issuers"].items() if "cognito" in i)
+    return name, issuer
+
+
+def _cognito_claims(**extra: Any) -> dict[str, Any]:
+    _, issuer = _cognito_issuer()
+    pool = issuer["cognito"]
+    iss = f"https://cognito-idp.{pool['region']}.amazonaws.com/{pool['user_pool_id']}"
+    access = {
+        "iss": iss,
+        "client_id": issuer["audiences"][0],
+        "token_use": "access",
+        "username": "alice",
+    }
+    return {**access, **extra}
+
+
+@pytest.fixture
+async def deployed(
+    make_proxy: ProxyFactory,
+    keys: KeyRing,
+    upstream: tuple[EchoUpstream, str],
+    aiohttp_server: Any,
+) -> Proxy:
+    """The ConfigMap config, with only the network endpoints moved to test servers: the
+    Cognito key URL (`cognito.endpoint`, the iss stays) and the app's loopback upstream."""
+
+    async def jwks(_: web.Request) -> web.Response:
+        return web.json_response(keys.jwks())
+
+    app = web.Application()
+    app.router.add_get("/{pool}/.well-known/jwks.json", jwks)
+    key_server = await aiohttp_server(app)
+    config = _proxy_config()
+    name, _ = _cognito_issuer()
+    config["issuers"][name]["cognito"]["endpoint"] = str(key_server.make_url("")).rstrip("/")
+    for route in config["routes"]:
+        assert route["upstream"] == APP_UPSTREAM
+        route["upstream"] = upstream[1]
+    return await make_proxy(config)
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_configmap_health_route_is_public(deployed: Proxy) -> None:
+    resp = await deployed.client.get("/health")
+    assert resp.status == 200, await resp.text()
+
+
+async def test_configmap_denies_unrouted_paths(deployed: Proxy) -> None:
+    assert (await deployed.client.get("/admin")).status == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "claims", "status"),
+    [
+        ("GET", "/orders/1", None, 401),
+        ("GET", "/orders/1", {"scope": "orders/read"}, 200),
+        ("GET", "/orders/1", {"scope": "orders/write"}, 403),
+        ("GET", "/orders/1", {"scope": "orders/read", "token_use": "id"}, 401),
+        ("GET", "/orders/1", {"scope": "orders/read", "client_id": "another-client"}, 401),
+        ("POST", "/orders", {"scope": "orders/write"}, 403),
+        ("POST", "/orders", {"scope": "orders/write", "cognito:groups": ["order-admins"]}, 200),
+        ("DELETE", "/orders/1", {"scope": "orders/read", "cognito:groups": ["order-admins"]}, 403),
+    ],
+)
+async def test_configmap_order_routes(
+    deployed: Proxy,
+    keys: KeyRing,
+    method: str,
+    path: str,
+    claims: dict[str, Any] | None,
+    status: int,
+) -> None:
+    headers = {} if claims is None else _bearer(mint(keys.rsa, _cognito_claims(**claims)))
+    resp = await deployed.client.request(method, path, headers=headers)
+    assert resp.status == status, await resp.text()
+
+
+async def test_configmap_forwards_claims_and_strips_spoofed_copies(
+    deployed: Proxy,
+    keys: KeyRing,
+    upstream: tuple[EchoUpstream, str],
+) -> None:
+    token = mint(keys.rsa, _cognito_claims(scope="orders/read", **{"cognito:groups": ["a", "b"]}))
+    resp = await deployed.client.get(
+        "/orders/1",
+        headers={**_bearer(token), "X-Auth-Subject": "mallory", "X_Auth_Groups": "order-admins"},
+    )
+    assert resp.status == 200, await resp.text()
+    got = upstream[0].received[-1]
+    assert got.header_all("X-Auth-Subject") == ["user-1"]
+    assert got.header_all("X-Auth-Groups") == ["a,b"]
+    assert got.header("X_Auth_Groups") is None
+    assert got.header("X-Auth-Client-Id") == _cognito_claims()["client_id"]
