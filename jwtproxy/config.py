@@ -159,7 +159,7 @@ class Config:
 
     def claim_header_names(self) -> frozenset[str]:
         """Every header name any route fills from claims: stripped from every request."""
-        names = set()
+        names: set[str] = set()
         for route in self.routes:
             names.update(header for _, header in route.forward.claims)
             if route.forward.payload_header:

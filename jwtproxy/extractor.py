@@ -11,7 +11,7 @@ from .errors import InvalidRequest, Malformed
 
 
 class Headers(Protocol):
-    def getall(self, key: str, default: list[str] = ...) -> list[str]: ...
+    def getall(self, key: str, default: list[str]) -> list[str]: ...
 
 
 class TokenExtractor:

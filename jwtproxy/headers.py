@@ -103,9 +103,9 @@ class HeaderPlan:
         out[REQUEST_ID] = request_id
         if claims is not None:
             for claim, header in self.claims:
-                value = claim_header_value(claims.get(claim))
-                if value is not None:
-                    out[header] = value
+                text = claim_header_value(claims.get(claim))
+                if text is not None:
+                    out[header] = text
             if self.payload_header:
                 payload = json.dumps(claims, separators=(",", ":")).encode()
                 out[self.payload_header] = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()

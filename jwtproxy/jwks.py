@@ -4,6 +4,7 @@ background refresh, single-flight kid-miss refresh, last good keys on errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwk
 from joserfc.errors import JoseError
 
@@ -97,7 +99,7 @@ def _import_public_key(raw: Any) -> VerifyKey:
         raise KeySourceError("key_ops is not a list of strings")
     imported = jwk.import_key({k: v for k, v in raw.items() if k in _PUBLIC_MEMBERS[kty]})
     material = imported.public_key
-    if kty == "RSA" and material.key_size < MIN_RSA_BITS:
+    if isinstance(material, rsa.RSAPublicKey) and material.key_size < MIN_RSA_BITS:
         raise KeySourceError(f"RSA key of {material.key_size} bits (minimum {MIN_RSA_BITS})")
     return VerifyKey(
         kid=raw.get("kid"), kty=kty, crv=raw.get("crv"), alg=raw.get("alg"),
@@ -181,10 +183,8 @@ class KeyStore:
                 task.cancel()
         for task in (self._background, self._inflight):
             if task is not None:
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await task
-                except asyncio.CancelledError:
-                    pass
 
     async def current(self) -> KeySet:
         """The keys to verify with now; raises `KeysUnavailable` if none are usable."""

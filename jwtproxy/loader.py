@@ -8,7 +8,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 from urllib.parse import urlsplit
 
 import yaml
@@ -32,6 +32,7 @@ from .config import (
     Server,
     Tls,
     TokenSource,
+    TokenSourceKind,
     url_allowed,
 )
 from .errors import ConfigError
@@ -126,7 +127,7 @@ class _Reader:
         if "${" in text:
             text = self.substitute(text, path, node)
             if node.style is None:  # plain scalar: give it the type its new text has
-                tag = self.resolver.resolve(yaml.ScalarNode, text, (True, False))
+                tag = self.resolver.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
                 node = yaml.ScalarNode(tag, text, node.start_mark, node.end_mark)
             else:
                 return text
@@ -468,7 +469,7 @@ class _Checker:
             checked = (self.header_name if kind == "header" else self.string)(
                 f"{path}.{kind}", name)
             if checked:
-                out.append(TokenSource(kind, checked))
+                out.append(TokenSource(cast(TokenSourceKind, kind), checked))
         return tuple(out)
 
     def routes(self, value: Any, issuers: dict[str, Issuer]) -> tuple[Route, ...]:

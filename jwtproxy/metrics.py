@@ -37,7 +37,7 @@ def multiprocess_enabled() -> bool:
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        live = "livesum" if multiprocess_enabled() else "all"
+        live: Final = "livesum" if multiprocess_enabled() else "all"
         reg = self.registry
         self.requests = Counter("jwtproxy_requests", "Requests answered, by route and status",
                                 ["route", "code"], registry=reg)
@@ -79,6 +79,6 @@ class Metrics:
         """The text format; merges all workers' files in multiprocess mode."""
         if multiprocess_enabled():
             merged = CollectorRegistry()
-            multiprocess.MultiProcessCollector(merged)
+            multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
             return generate_latest(merged)
         return generate_latest(self.registry)

@@ -89,4 +89,4 @@ def _mark_dead(pid: int) -> None:
     from prometheus_client import multiprocess
 
     if os.environ.get(MULTIPROC_ENV):
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
