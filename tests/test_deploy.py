@@ -2,7 +2,8 @@
 
 The Dockerfile, the Kubernetes manifests under deploy/kubernetes and the Grafana dashboard
 under deploy/grafana are parsed, not rendered: ports, paths and metric names must be the real
-ones, so a renamed metric or a moved port fails here instead of in a cluster.
+ones, so a renamed metric or a moved port fails here instead of in a cluster. The config in
+the ConfigMap is also checked with `jwtproxy check` and served by a real proxy.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import pytest
 import yaml
 from aiohttp import web
 
+from jwtproxy.config import Config
+from jwtproxy.loader import load_text
 from tests.conftest import Proxy, ProxyFactory
 from tests.servers import EchoUpstream
 from tests.tokens import KeyRing, mint
@@ -103,9 +106,9 @@ def _proxy_config() -> dict[str, Any]:
     return config
 
 
-def _listen_port(listen: str) -> int:
-    _host, _, port = listen.rpartition(":")
-    return int(port)
+def _loaded() -> Config:
+    """The ConfigMap config as jwtproxy reads it (listen addresses, durations)."""
+    return load_text(_proxy_config_text())
 
 
 def _pod_spec() -> dict[str, Any]:
@@ -143,15 +146,6 @@ def _container_ports(container: dict[str, Any]) -> set[int]:
     return {int(p["containerPort"]) for p in container.get("ports", [])}
 
 
-def _seconds(duration: str | int | float) -> float:
-    if isinstance(duration, int | float):
-        return float(duration)
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration.strip())
-    assert match, f"not a duration: {duration!r}"
-    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[match.group(2)]
-    return float(match.group(1)) * scale
-
-
 # --- Kubernetes -------------------------------------------------------------------------------
 
 
@@ -162,19 +156,19 @@ def test_kustomization_lists_every_manifest() -> None:
 
 
 def test_listen_addresses_are_declared_container_ports() -> None:
-    config = _proxy_config()
-    proxy, admin = config["server"]["listen"], config["admin"]["listen"]
+    config = _loaded()
+    proxy, admin = config.server.listen, config.admin.listen
     ports = _container_ports(_proxy_container())
-    assert _listen_port(proxy) in ports
-    assert _listen_port(admin) in ports
-    assert _listen_port(proxy) != _listen_port(admin), "admin must never share the proxy port"
+    assert proxy.port in ports
+    assert admin.port in ports
+    assert proxy.port != admin.port, "admin must never share the proxy port"
     # The kubelet and Prometheus connect to the pod IP, not to the pod's loopback.
-    assert admin.rpartition(":")[0] in {"0.0.0.0", "[::]", "::"}, admin
+    assert admin.host in {"0.0.0.0", "::"}, admin
 
 
 def test_probes_hit_health_endpoints_on_the_admin_port() -> None:
     container = _proxy_container()
-    admin = _listen_port(_proxy_config()["admin"]["listen"])
+    admin = _loaded().admin.listen.port
     expected = {"readinessProbe": "/readyz", "livenessProbe": "/healthz"}
     for probe, path in expected.items():
         get = container[probe]["httpGet"]
@@ -186,7 +180,7 @@ def test_probes_hit_health_endpoints_on_the_admin_port() -> None:
 
 def test_prometheus_annotations_point_at_admin_metrics() -> None:
     annotations = _one("Deployment")["spec"]["template"]["metadata"]["annotations"]
-    admin = _listen_port(_proxy_config()["admin"]["listen"])
+    admin = _loaded().admin.listen.port
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(admin)
     assert annotations["prometheus.io/path"] == "/metrics"
@@ -195,7 +189,7 @@ def test_prometheus_annotations_point_at_admin_metrics() -> None:
 def test_service_exposes_only_the_proxy_port() -> None:
     service = _one("Service")
     container = _proxy_container()
-    proxy = _listen_port(_proxy_config()["server"]["listen"])
+    proxy = _loaded().server.listen.port
     targets = [_resolve_port(container, p["targetPort"]) for p in service["spec"]["ports"]]
     assert targets == [proxy], "the Service must reach the app through jwtproxy only"
     pod_labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
@@ -245,7 +239,7 @@ def test_proxy_container_is_locked_down() -> None:
 
 
 def test_termination_grace_covers_the_drain() -> None:
-    graceful = _seconds(_proxy_config()["server"]["graceful_timeout"])
+    graceful = _loaded().server.graceful_timeout
     assert _pod_spec()["terminationGracePeriodSeconds"] > graceful
 
 
