@@ -130,7 +130,7 @@ class Gate:
         except AUTH_ERRORS as err:
             _note(steps, err.reason, False, err.description)
             decision.auth_reason, decision.auth_denied = err.reason, True
-            decision.issuer = err.issuer
+            decision.issuer = err.issuer or decision.issuer
             if auth.mode != "report_only":
                 decision.error = err
             return decision

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from dataclasses import replace
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
@@ -498,9 +499,8 @@ class _Checker:
             "upstream": self.upstream(f"{path}.upstream", raw.get("upstream")),
             "match": self.match(f"{path}.match", raw.get("match")),
         }
-        if raw.get("auth", "required") == "none":
-            kwargs["auth"] = None
-        else:
+        public = raw.get("auth") == "none"
+        if not public:
             kwargs["auth"] = self.auth(f"{path}.auth", raw.get("auth"), issuers)
         if "forward" in raw:
             kwargs["forward"] = self.forward(f"{path}.forward", raw["forward"])
@@ -518,7 +518,8 @@ class _Checker:
             kwargs["ca_file"] = self.file(f"{path}.ca_file", raw["ca_file"])
         if kwargs["name"] is None or kwargs["upstream"] is None:
             return None
-        return _build(Route, kwargs)
+        route = _build(Route, kwargs)
+        return replace(route, auth=None) if public else route
 
     def upstream(self, path: str, value: Any) -> str | None:
         url = self.url(path, value, insecure_ok=True)
