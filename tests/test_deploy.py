@@ -421,6 +421,21 @@ def test_dockerfile_entrypoint_and_cmd_are_exec_form() -> None:
     assert _dockerfile_exec_form("CMD") == ["run", "-c", CONFIG_PATH]
 
 
+def _copied_sources() -> set[str]:
+    """What the Dockerfile COPYs from the build context (not from another stage)."""
+    return {
+        source.rstrip("/").removeprefix("./")
+        for keyword, args in _dockerfile_instructions()
+        if keyword == "COPY" and "--from" not in args
+        for source in args.split()[:-1]
+    }
+
+
+def test_docker_build_context_has_what_the_build_copies() -> None:
+    missing = sorted(source for source in _copied_sources() if not (ROOT / source).exists())
+    assert not missing, f"docker build would fail: {missing} not in the repository"
+
+
 def test_dockerignore_keeps_what_the_build_copies() -> None:
     rules = [
         line.strip()
@@ -429,12 +444,7 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
     ]
     assert rules[0] == "*", "the build context is an allow list"
     kept = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
-    copied = {
-        source.rstrip("/").removeprefix("./")
-        for keyword, args in _dockerfile_instructions()
-        if keyword == "COPY" and "--from" not in args
-        for source in args.split()[:-1]
-    }
+    copied = _copied_sources()
     assert copied <= kept, f"excluded from the build context: {sorted(copied - kept)}"
 
 
