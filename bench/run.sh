@@ -5,6 +5,7 @@
 #                           the upstream (nginx), nginx plain proxy, HAProxy jwt_verify,
 #                           Apache + mod_auth_openidc and jwtproxy, checks each with
 #                           curl, drives each with wrk, prints a markdown table (~8 min)
+#   bench/run.sh --stop     stop what an earlier KEEP_RUNNING=1 run left running
 #   bench/run.sh --smoke    (or SMOKE=1) ~3 s per path against a Python upstream +
 #                           jwtproxy only; no apt; wrk if present, else a bounded Python
 #                           load loop; exits 1 unless jwtproxy's valid paths are all 2xx
@@ -38,6 +39,7 @@ SMOKE="${SMOKE:-0}"
 for arg in "$@"; do
   case "$arg" in
     --smoke) SMOKE=1 ;;
+    --stop) STOP_ONLY=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
   esac
@@ -68,6 +70,15 @@ STATUS_COUNTS="${STATUS_COUNTS:-0}"
 PYLOAD_COUNT="${PYLOAD_COUNT:-100000000}"
 ALL_SYSTEMS="direct nginx_proxy haproxy_jwt apache_oidc jwtproxy"
 BAD_TOKENS=(expired badsig tampered wrong_iss wrong_aud no_exp alg_none hs256_confusion garbage)
+
+# stop_all: everything a run of this script may have started (by pid file).
+stop_all() {
+  local s
+  for s in jwtproxy apache_oidc haproxy_jwt nginx_proxy; do stop_system "$s"; done
+  stop_pidfile "$BENCH_RUN/upstream/upstream.pid" upstream.py upstream.py
+  stop_pidfile "$BENCH_RUN/upstream/nginx.pid" "upstream nginx" nginx
+}
+if [[ "${STOP_ONLY:-0}" == 1 ]]; then stop_all; exit 0; fi
 
 # ---------------------------------------------------------------- install
 install_missing() {
@@ -109,7 +120,6 @@ OUT="$BENCH_DIR/results/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$OUT"
 RES="$OUT/results.jsonl"; : >"$RES"
 
-stop_all() { local s; for s in jwtproxy apache_oidc haproxy_jwt nginx_proxy direct; do stop_system "$s"; done; }
 cleanup() {
   local rc=$?
   if [[ "${KEEP_RUNNING:-0}" == 1 ]]; then log "KEEP_RUNNING=1: leaving the systems running"; else stop_all; fi
@@ -198,7 +208,7 @@ bench_one() {
   m0="$("$PY" "$BENCH_DIR/proc.py" machine)"
   local TIMEFORMAT='%U %S'
   if [[ "$LOADER" == wrk ]]; then
-    { time env "${envs[@]}" timeout $((dur + 15)) wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${dur}s" \
+    { time env "${envs[@]}" timeout --foreground $((dur + 15)) wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${dur}s" \
         --latency -s "$BENCH_DIR/bench.lua" "${hdr[@]}" "${URL[$name]}" >"$log" 2>&1; } 2>"$log.time" || true
   else
     local -a py=(--count "$PYLOAD_COUNT" --concurrency "$WRK_CONNS" --duration "$dur")
@@ -207,7 +217,7 @@ bench_one() {
       invalid) py+=(--token "$(tok badsig)") ;;
       distinct) py+=(--tokens "$KEYS_DIR/distinct.txt" --offset "$off") ;;
     esac
-    { time timeout $((dur + 30)) "$PY" "$BENCH_DIR/pyload.py" "${URL[$name]}" "${py[@]}" >"$log" 2>&1; } 2>"$log.time" || true
+    { time timeout --foreground $((dur + 30)) "$PY" "$BENCH_DIR/pyload.py" "${URL[$name]}" "${py[@]}" >"$log" 2>&1; } 2>"$log.time" || true
   fi
   m1="$("$PY" "$BENCH_DIR/proc.py" machine)"
   cpu1="$("$PY" "$BENCH_DIR/proc.py" cpu "$srv")"; up1="$("$PY" "$BENCH_DIR/proc.py" cpu $up)"
