@@ -43,6 +43,7 @@ T = TypeVar("T")
 MAX_NODES: Final = 100_000
 MIN_HMAC_SECRET_BYTES: Final = 32  # RFC 7518 §3.2: a key at least as long as the hash
 ENV_PATTERN: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+PARENT_PATH: Final = re.compile(r"(\.[^.\[]*|\[\d+\])$")
 DURATION_PATTERN: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 HEADER_NAME: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2 token
@@ -163,10 +164,12 @@ class _Checker:
         self.problems: list[str] = []
 
     def problem(self, path: str, message: str) -> None:
+        line = None
         probe = path
-        while probe and probe not in self.lines:
-            probe = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", probe)
-        line = self.lines.get(probe)
+        while line is None and probe:
+            line = self.lines.get(probe)
+            parent = PARENT_PATH.sub("", probe)
+            probe = parent if parent != probe else ""  # a top-level key has no parent
         where = f" (line {line})" if line else ""
         self.problems.append(f"{path or '<config>'}: {message}{where}")
 
