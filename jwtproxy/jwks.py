@@ -188,13 +188,20 @@ class KeyStore:
 
     async def current(self) -> KeySet:
         """The keys to verify with now; raises `KeysUnavailable` if none are usable."""
-        if self.key_set is not None and self.clock() < self.usable_until:
+        now = self.clock()
+        if self.key_set is not None and now < self.usable_until:
+            if now >= self.fresh_until and self._refresh_due(now):
+                self._start_fetch()  # refresh in the background; serve these meanwhile
             return self.key_set
         if self.clock() - self.last_attempt >= self.settings.refresh_min_interval:
             await self.refresh()
         if self.key_set is not None and self.clock() < self.usable_until:
             return self.key_set
         raise KeysUnavailable(f"keys of issuer {self.issuer.name} are unavailable")
+
+    def _refresh_due(self, now: float) -> bool:
+        return (self.is_remote and self._inflight is None
+                and now - self.last_attempt >= self.settings.refresh_min_interval)
 
     async def refresh_for_unknown_kid(self) -> KeySet:
         """One refresh on an unknown kid, at most once per `refresh_min_interval`."""
@@ -207,14 +214,18 @@ class KeyStore:
 
     async def refresh(self) -> None:
         """Fetch now, sharing one in-flight fetch among all callers (single flight)."""
+        await asyncio.shield(self._start_fetch())
+
+    def _start_fetch(self) -> asyncio.Task[None]:
         if self._inflight is None:
-            self._inflight = asyncio.create_task(self._fetch_and_store())
-        task = self._inflight
-        try:
-            await asyncio.shield(task)
-        finally:
-            if task.done() and self._inflight is task:
-                self._inflight = None
+            task = asyncio.create_task(self._fetch_and_store())
+            task.add_done_callback(self._fetch_done)
+            self._inflight = task
+        return self._inflight
+
+    def _fetch_done(self, task: asyncio.Task[None]) -> None:
+        if self._inflight is task:
+            self._inflight = None
 
     async def _fetch_and_store(self) -> None:
         self.last_attempt = self.clock()
