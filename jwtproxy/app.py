@@ -128,12 +128,11 @@ class ProxyApp:
         started = time.perf_counter()
         state = self.state
         assert state is not None
-        raw_path, _, _ = request.raw_path.partition("?")
+        raw_path, sep, raw_query = request.raw_path.partition("?")
         request_id = request.headers.get("X-Request-Id", "")
         if not REQUEST_ID_PATTERN.fullmatch(request_id):
             request_id = uuid.uuid4().hex
-        view = RequestView(request.method, request.host, raw_path, request.query_string,
-                           request.headers)
+        view = RequestView(request.method, request.host, raw_path, raw_query, request.headers)
         timing = UpstreamTiming()
         decision: Decision | None = None
         status = 500
@@ -147,7 +146,8 @@ class ProxyApp:
                 headers = decision.route.plan.request_headers(
                     request.headers, decision.claims, _peer(request), request.scheme, request_id)
                 response = await self.forwarder.forward(
-                    request, decision.route.route, decision.upstream_path, headers, timing)
+                    request, decision.route.route, decision.upstream_path + sep + raw_query,
+                    headers, timing)
         except JwtProxyError as err:
             response = error_response(err)
         status = response.status

@@ -20,7 +20,7 @@ from yarl import URL
 
 from .config import Route
 from .errors import UpstreamTimeout, UpstreamUnavailable
-from .headers import response_headers
+from .headers import REQUEST_ID, response_headers
 
 log = logging.getLogger("jwtproxy.forwarder")
 
@@ -72,14 +72,13 @@ class Forwarder:
         self,
         request: web.BaseRequest,
         route: Route,
-        path: str,
+        path_qs: str,
         headers: CIMultiDict[str],
         timing: UpstreamTiming,
     ) -> web.StreamResponse:
+        """`path_qs` is the raw request target, forwarded as is (no re-encoding)."""
         assert self.session is not None
-        target = route.upstream + path + (f"?{request.query_string}" if request.query_string
-                                          else "")
-        url = URL(target, encoded=True)
+        url = URL(route.upstream + path_qs, encoded=True)
         body = request.content if request.body_exists else None
         settings = self._upstream(route)
         started = time.perf_counter()
@@ -99,6 +98,7 @@ class Forwarder:
         async with upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                           headers=response_headers(upstream.headers))
+            response.headers.setdefault(REQUEST_ID, headers[REQUEST_ID])
             if upstream.content_length is not None and "Content-Length" in upstream.headers:
                 response.content_length = upstream.content_length
             elif request.method == "HEAD" or upstream.status in (204, 304):

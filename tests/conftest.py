@@ -39,7 +39,7 @@ async def jwks(keys: KeyRing, aiohttp_server: Any) -> AsyncIterator[tuple[JwksEn
 @pytest.fixture
 async def upstream(aiohttp_raw_server: Any) -> tuple[EchoUpstream, str]:
     echo = EchoUpstream()
-    server = await aiohttp_raw_server(echo.handle)
+    server = await aiohttp_raw_server(echo.handle, auto_decompress=False)
     return echo, f"http://127.0.0.1:{server.port}"
 
 
