@@ -1,0 +1,185 @@
+"""Signature algorithms, key selection and the verified-token cache, end to end."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from jwtproxy.config import Issuer
+from jwtproxy.errors import Expired, UnknownKid
+from jwtproxy.jwks import KeySet, KeyStore, parse_jwks
+from jwtproxy.verifier import Verifier
+from tests.conftest import AUDIENCE, ISSUER, ProxyFactory, base_config
+from tests.servers import EchoUpstream, JwksEndpoint
+from tests.tokens import KeyRing, SigningKey, mint
+
+SECRET = "s3cret-s3cret-s3cret-s3cret-0123456789"
+ALL_ASYMMETRIC = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+                  "ES512", "EdDSA", "Ed25519"]
+
+
+def claims(**extra: Any) -> dict[str, Any]:
+    return {"iss": ISSUER, "aud": AUDIENCE, **extra}
+
+
+@pytest.fixture(scope="module")
+def algorithm_keys() -> dict[str, SigningKey]:
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    out = {alg: SigningKey(f"k-{alg}", alg, rsa_key) for alg in ALL_ASYMMETRIC[:6]}
+    for alg, curve in (("ES256", ec.SECP256R1()), ("ES384", ec.SECP384R1()),
+                       ("ES512", ec.SECP521R1())):
+        out[alg] = SigningKey(f"k-{alg}", alg, ec.generate_private_key(curve))
+    ed = ed25519.Ed25519PrivateKey.generate()
+    out["EdDSA"] = SigningKey("k-EdDSA", "EdDSA", ed)
+    out["Ed25519"] = SigningKey("k-Ed25519", "Ed25519", ed)
+    return out
+
+
+@pytest.fixture
+async def multi(
+    make_proxy: ProxyFactory, jwks: tuple[JwksEndpoint, str],
+    upstream: tuple[EchoUpstream, str], algorithm_keys: dict[str, SigningKey],
+) -> Any:
+    jwks[0].document = {"keys": [k.public_jwk() for k in algorithm_keys.values()]}
+    config = base_config(jwks[1], upstream[1])
+    config["issuers"]["main"]["algorithms"] = ALL_ASYMMETRIC
+    config["issuers"]["hs"] = {"issuer": "hs-issuer", "secret": SECRET,
+                               "algorithms": ["HS256", "HS384", "HS512"]}
+    return await make_proxy(config)
+
+
+@pytest.mark.parametrize("alg", ALL_ASYMMETRIC)
+async def test_each_asymmetric_algorithm_verifies(
+    multi: Any, algorithm_keys: dict[str, SigningKey], alg: str
+) -> None:
+    token = mint(algorithm_keys[alg], claims())
+    resp = await multi.client.get("/x", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 200, await resp.text()
+    tampered = token[:-6] + ("AAAAAA" if not token.endswith("AAAAAA") else "BBBBBB")
+    resp = await multi.client.get("/x", headers={"Authorization": f"Bearer {tampered}"})
+    assert resp.status == 401
+
+
+@pytest.mark.parametrize("alg", ["HS256", "HS384", "HS512"])
+async def test_hmac_only_for_the_secret_issuer(multi: Any, alg: str) -> None:
+    token = mint(None, {"iss": "hs-issuer"}, alg=alg, secret=SECRET.encode())
+    resp = await multi.client.get("/x", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 200
+    forged = mint(None, claims(), alg=alg, secret=SECRET.encode())  # main issuer: no HS
+    resp = await multi.client.get("/x", headers={"Authorization": f"Bearer {forged}"})
+    assert resp.status == 401
+    assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
+
+
+async def test_hs256_keyed_with_the_public_key_is_rejected(
+    multi: Any, algorithm_keys: dict[str, SigningKey]
+) -> None:
+    public = algorithm_keys["RS256"].private.public_key()
+    pem = public.public_bytes(serialization.Encoding.PEM,
+                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    token = mint(None, claims(), alg="HS256", header={"kid": "k-RS256"}, secret=pem)
+    resp = await multi.client.get("/x", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 401
+    assert await multi.metric("jwtproxy_auth_total", reason="alg") == 1
+
+
+async def test_kid_must_point_at_a_key_that_fits_the_alg(
+    multi: Any, algorithm_keys: dict[str, SigningKey]
+) -> None:
+    # ES256 signature, but the kid names the RSA key
+    token = mint(algorithm_keys["ES256"], claims(), header={"kid": "k-RS256"})
+    resp = await multi.client.get("/x", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 401
+    assert await multi.metric("jwtproxy_auth_total", reason="alg") == 1
+
+
+async def test_token_without_kid_needs_exactly_one_fitting_key(
+    make_proxy: ProxyFactory, jwks: tuple[JwksEndpoint, str],
+    upstream: tuple[EchoUpstream, str], keys: KeyRing,
+) -> None:
+    proxy = await make_proxy(base_config(jwks[1], upstream[1]))
+    one_fit = mint(keys.ec, claims(), header={"kid": None})  # only one EC key
+    resp = await proxy.client.get("/x", headers={"Authorization": f"Bearer {one_fit}"})
+    assert resp.status == 200
+    second = SigningKey("ec-2", "ES256", ec.generate_private_key(ec.SECP256R1()))
+    jwks[0].document = {"keys": [*keys.jwks()["keys"], second.public_jwk()]}
+    await proxy.app.state.stores["main"].refresh()  # type: ignore[union-attr]
+    ambiguous = mint(keys.ec, claims(jti="2"), header={"kid": None})
+    resp = await proxy.client.get("/x", headers={"Authorization": f"Bearer {ambiguous}"})
+    assert resp.status == 401
+    assert await proxy.metric("jwtproxy_auth_total", reason="unknown_kid") == 1
+
+
+async def test_leeway_applies_to_exp_nbf_and_iat(
+    make_proxy: ProxyFactory, jwks: tuple[JwksEndpoint, str],
+    upstream: tuple[EchoUpstream, str], keys: KeyRing,
+) -> None:
+    config = base_config(jwks[1], upstream[1])
+    config["issuers"]["main"]["leeway"] = "30s"
+    proxy = await make_proxy(config)
+    now = int(time.time())
+    cases = [
+        (claims(exp=now - 10), 200), (claims(exp=now - 60), 401),
+        (claims(nbf=now + 10), 200), (claims(nbf=now + 60), 401),
+        (claims(iat=now + 10), 200), (claims(iat=now + 60), 401),
+        (claims(exp=now + 100.5), 200),
+    ]
+    for body, status in cases:
+        resp = await proxy.client.get(
+            "/x", headers={"Authorization": f"Bearer {mint(keys.rsa, body)}"})
+        assert resp.status == status, body
+
+
+async def test_cache_hits_are_counted_and_recheck_time(
+    make_proxy: ProxyFactory, jwks: tuple[JwksEndpoint, str],
+    upstream: tuple[EchoUpstream, str], keys: KeyRing,
+) -> None:
+    proxy = await make_proxy(base_config(jwks[1], upstream[1]))
+    token = mint(keys.rsa, claims())
+    for _ in range(3):
+        resp = await proxy.client.get("/x", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status == 200
+    assert await proxy.metric("jwtproxy_token_cache_total", result="miss") == 1
+    assert await proxy.metric("jwtproxy_token_cache_total", result="hit") == 2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def static_store(key_set: KeySet) -> KeyStore:
+    store = KeyStore(Issuer(name="main", issuer=ISSUER, jwks_file="/dev/null"), None)
+    store.key_set, store.fresh_until = key_set, float("inf")
+    return store
+
+
+async def test_cache_never_outlives_exp_and_drops_removed_keys(keys: KeyRing) -> None:
+    clock = Clock()
+    key_set, _ = parse_jwks(json.dumps(keys.jwks()).encode())
+    store = static_store(key_set)
+    issuer = Issuer(name="main", issuer=ISSUER, audiences=(AUDIENCE,), leeway=0,
+                    algorithms=("RS256",))
+    verifier = Verifier({"main": issuer}, {"main": store}, wall_clock=clock)
+    token = mint(keys.rsa, claims(exp=int(clock.now) + 10))
+    assert not (await verifier.verify(token, ("main",))).cache_hit
+    assert (await verifier.verify(token, ("main",))).cache_hit
+    clock.now += 11
+    with pytest.raises(Expired):
+        await verifier.verify(token, ("main",))
+    assert len(verifier.cache) == 0  # evicted at exp, not just refused
+    # a key that leaves the JWKS takes its cached tokens with it
+    fresh = mint(keys.rsa, claims(exp=int(clock.now) + 100))
+    await verifier.verify(fresh, ("main",))
+    assert (await verifier.verify(fresh, ("main",))).cache_hit
+    store.key_set = KeySet(tuple(k for k in key_set.keys if k.kid != "rsa-1"))
+    with pytest.raises(UnknownKid):
+        await verifier.verify(fresh, ("main",))
