@@ -4,10 +4,11 @@ its path (`routes[2].auth.scopes`) and line, all at once."""
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
-from dataclasses import replace
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 from urllib.parse import urlsplit
@@ -41,12 +42,15 @@ from .errors import ConfigError
 T = TypeVar("T")
 
 MAX_NODES: Final = 100_000
+MAX_DEPTH: Final = 32  # the schema nests 5 deep; more is a mistake or an attack
 MIN_HMAC_SECRET_BYTES: Final = 32  # RFC 7518 §3.2: a key at least as long as the hash
 ENV_PATTERN: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 PARENT_PATH: Final = re.compile(r"(\.[^.\[]*|\[\d+\])$")
 DURATION_PATTERN: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 HEADER_NAME: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2 token
+HOST_LABEL: Final = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+HOST_NAME: Final = re.compile(rf"{HOST_LABEL}(\.{HOST_LABEL})*")
 HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
      "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
@@ -73,6 +77,8 @@ def load_text(
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as err:
         raise ConfigError([f"<config>: not valid YAML: {err}"]) from None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise ConfigError(["<config>: not valid YAML: nested too deeply"]) from None
     reader = _Reader(environ)
     data = reader.value(root, "") if root is not None else {}
     if reader.problems:
@@ -95,21 +101,33 @@ class _Reader:
         self.constructor = yaml.constructor.SafeConstructor()
         self.resolver = yaml.resolver.Resolver()
 
-    def value(self, node: yaml.Node, path: str) -> Any:
+    def value(self, node: yaml.Node, path: str, depth: int = 0) -> Any:
         self.nodes += 1
         if self.nodes > MAX_NODES:
             raise ConfigError([f"{path or '<config>'}: too many YAML nodes (aliases?)"])
+        if depth > MAX_DEPTH:  # also ends a self-referencing alias (`a: &x {b: *x}`)
+            raise ConfigError([f"{path or '<config>'}: nested too deeply (aliases?)"])
         self.lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
-            return self.mapping(node, path)
+            return self.mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
-            return [self.value(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+            return [self.value(item, f"{path}[{i}]", depth + 1)
+                    for i, item in enumerate(node.value)]
         return self.scalar(node, path)
 
-    def mapping(self, node: yaml.MappingNode, path: str) -> dict[str, Any]:
-        self.constructor.flatten_mapping(node)
+    def mapping(self, node: yaml.MappingNode, path: str, depth: int) -> dict[str, Any]:
+        try:
+            self.constructor.flatten_mapping(node)  # `<<:` merge keys
+        except yaml.YAMLError as err:
+            self.problem(path, node, f"bad merge key: {getattr(err, 'problem', err)}")
+            return {}
+        except RecursionError:
+            raise ConfigError([f"{path or '<config>'}: merge key refers to itself"]) from None
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.problem(path, key_node, "keys must be strings")
+                continue
             key = self.scalar(key_node, path)
             child = f"{path}.{key}" if path else str(key)
             if not isinstance(key, str):
@@ -118,7 +136,7 @@ class _Reader:
             if key in result:
                 self.problem(child, key_node, "duplicate key")
                 continue
-            result[key] = self.value(value_node, child)
+            result[key] = self.value(value_node, child, depth + 1)
         return result
 
     def scalar(self, node: yaml.Node, path: str) -> Any:
@@ -186,6 +204,15 @@ class _Checker:
                 self.problem(f"{path}.{key}" if path else key, "unknown key")
         return value
 
+    def free_mapping(self, path: str, value: Any) -> dict[str, Any]:
+        """A mapping whose keys are the user's (claim names), not part of the schema."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(path, "expected a mapping")
+            return {}
+        return value
+
     def string(self, path: str, value: Any) -> str | None:
         if isinstance(value, str) and value:
             return value
@@ -214,7 +241,8 @@ class _Checker:
         return None
 
     def duration(self, path: str, value: Any) -> float | None:
-        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        if (isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+                and math.isfinite(value)):
             return float(value)
         if isinstance(value, str) and value and DURATION_PATTERN.sub("", value) == "":
             return sum(
@@ -235,8 +263,12 @@ class _Checker:
             return None
         host, _, port = str(value).rpartition(":")
         host = host.strip("[]") or "0.0.0.0"
-        if not port.isdigit() or not 0 < int(port) < 65536:
+        if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             self.problem(path, f"bad listen address {value!r}: expected host:port")
+            return None
+        if not _is_host(host):
+            self.problem(path, f"bad listen address {value!r}: {host!r} is not an IP address "
+                         "or host name")
             return None
         return Listen(host, int(port))
 
@@ -265,7 +297,12 @@ class _Checker:
         text = self.string(path, value)
         if text is None:
             return None
-        parts = urlsplit(text)
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+        except ValueError as err:
+            self.problem(path, f"bad URL {text!r}: {err}")
+            return None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             self.problem(path, f"expected an http(s):// URL, got {text!r}")
             return None
@@ -462,7 +499,7 @@ class _Checker:
         if not isinstance(value, list) or not value:
             self.problem("tokens", "expected a non-empty list")
             return ()
-        out = []
+        out: list[TokenSource] = []
         for i, item in enumerate(value):
             path = f"tokens[{i}]"
             raw = self.mapping(path, item, {"header", "cookie", "query"})
@@ -470,11 +507,27 @@ class _Checker:
                 self.problem(path, "expected exactly one of header, cookie, query")
                 continue
             ((kind, name),) = raw.items()
-            checked = (self.header_name if kind == "header" else self.string)(
+            if kind not in ("header", "cookie", "query"):
+                continue  # reported as an unknown key
+            checked = (self.string if kind == "query" else self.token_name)(
                 f"{path}.{kind}", name)
-            if checked:
-                out.append(TokenSource(cast(TokenSourceKind, kind), checked))
+            if checked is None:
+                continue
+            source = TokenSource(cast(TokenSourceKind, kind), checked)
+            if any(seen.kind == kind and _same_name(seen, checked) for seen in out):
+                # the same place twice would make every request carrying it ambiguous (400)
+                self.problem(f"{path}.{kind}", f"duplicate token source {kind} {checked!r}")
+                continue
+            out.append(source)
         return tuple(out)
+
+    def token_name(self, path: str, value: Any) -> str | None:
+        """A header or cookie name: an RFC 9110 §5.6.2 token (RFC 6265 §4.1.1 cookie-name)."""
+        name = self.string(path, value)
+        if name is not None and not HEADER_NAME.match(name):
+            self.problem(path, f"not a valid name: {name!r}")
+            return None
+        return name
 
     def routes(self, value: Any, issuers: dict[str, Issuer]) -> tuple[Route, ...]:
         if not isinstance(value, list) or not value:
@@ -539,7 +592,12 @@ class _Checker:
         kwargs: dict[str, Any] = {}
         if "host" in raw:
             host = self.string(f"{path}.host", raw["host"])
-            kwargs["host"] = host.lower() if host else None
+            name = host[2:] if host and host.startswith("*.") else host
+            if name is not None and not HOST_NAME.fullmatch(name):
+                self.problem(f"{path}.host", f"expected a host name without port, or "
+                             f"*.domain, got {host!r}")
+                host = None
+            kwargs["host"] = host.lower().rstrip(".") if host else None
         for key in ("path", "path_prefix"):
             if key in raw:
                 text = self.string(f"{path}.{key}", raw[key])
@@ -576,7 +634,7 @@ class _Checker:
             if key in raw:
                 kwargs[key] = self.strings(f"{path}.{key}", raw[key])
         if "claims" in raw:
-            claims = self.mapping(f"{path}.claims", raw["claims"], set(raw["claims"] or {}))
+            claims = self.free_mapping(f"{path}.claims", raw["claims"])
             pairs = []
             for claim, expected in claims.items():
                 if not isinstance(expected, str | int | bool):
@@ -590,7 +648,7 @@ class _Checker:
         raw = self.mapping(path, value, {"claims", "payload_header", "authorization"})
         kwargs: dict[str, Any] = {}
         if "claims" in raw:
-            claims = self.mapping(f"{path}.claims", raw["claims"], set(raw["claims"] or {}))
+            claims = self.free_mapping(f"{path}.claims", raw["claims"])
             pairs = []
             for claim, header in claims.items():
                 name = self.header_name(f"{path}.claims.{claim}", header)
@@ -604,6 +662,20 @@ class _Checker:
             kwargs["authorization"] = self.choice(
                 f"{path}.authorization", raw["authorization"], ("keep", "strip"))
         return _build(Forward, kwargs)
+
+
+def _same_name(source: TokenSource, name: str) -> bool:
+    # header names are case-insensitive (RFC 9110 §5.1); cookie and query names are not
+    return source.name.lower() == name.lower() if source.kind == "header" else (
+        source.name == name)
+
+
+def _is_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return HOST_NAME.fullmatch(host) is not None
+    return True
 
 
 def _claim_text(value: str | int | bool) -> str:
