@@ -28,6 +28,7 @@
 #   DISTINCT_TOKENS=30000  PACED= PACED_ONLY=0 PACED_PATHS="valid distinct"
 #   PROXY_WORKERS=2 UPSTREAM_WORKERS=1 UPSTREAM_IMPL=nginx|python JWKS_SOURCE=uri|file
 #   JWTPROXY_CMD="python3 -m jwtproxy"  SKIP_INSTALL=1  KEEP_RUNNING=1  STATUS_COUNTS=1
+#   LOADER=wrk|pyload (pyload: bench/pyload.py, used anyway when wrk is missing)
 #   ports: UPSTREAM_PORT=18080 UPSTREAM_TLS_PORT=18443 NGINX_PORT=18081 HAPROXY_PORT=18082
 #          APACHE_PORT=18083 JWTPROXY_PORT=18084 JWTPROXY_ADMIN_PORT=19094
 # Run state (keys, tokens, configs, pid files, logs): bench/run/ (git-ignored).
@@ -130,8 +131,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 stop_all   # leftovers of an interrupted earlier run (pid files under bench/run/)
 
-LOADER=wrk
-if ! have wrk; then
+LOADER="${LOADER:-wrk}"   # wrk | pyload (bench/pyload.py)
+if [[ "$LOADER" == wrk ]] && ! have wrk; then
   [[ "$SMOKE" == 1 ]] || log "wrk not found: falling back to the Python load loop (numbers not comparable)"
   LOADER=pyload
 fi
@@ -252,6 +253,9 @@ rounds() {
 }
 
 ((${#RUN_SYSTEMS[@]})) || die "no system passed its checks"
+if [[ "$SMOKE" == 1 && " ${RUN_SYSTEMS[*]} " != *" jwtproxy "* ]]; then
+  die "smoke: jwtproxy did not start or failed its checks (see $OUT/checks.txt)"
+fi
 [[ "$PACED_ONLY" == 1 && -n "$PACED" ]] || rounds ""
 if [[ -n "$PACED" ]]; then
   rate="$PACED"
@@ -269,7 +273,6 @@ echo
 echo
 echo "results: $OUT"
 if [[ "$SMOKE" == 1 ]]; then
-  [[ " ${RUN_SYSTEMS[*]} " == *" jwtproxy "* ]] || die "smoke: jwtproxy did not start or failed its checks (see $OUT/checks.txt)"
   "$PY" "$BENCH_DIR/summarize.py" "$RES" --require jwtproxy:valid,distinct,invalid ||
     die "smoke: jwtproxy's load runs had unexpected statuses"
   log "smoke ok: jwtproxy valid and distinct paths all 2xx, bad-signature path all 401"
