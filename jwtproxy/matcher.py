@@ -1,7 +1,7 @@
 """Route table: compiled once, first match in file order wins.
 
-Paths are matched after percent-decoding and dot-segment removal (RFC 3986 §5.2.4), so
-`/public/../admin` is matched as `/admin`. Lookups cost the number of path segments,
+Paths are matched after percent-decoding, slash merging and dot-segment removal (RFC 3986
+§5.2.4), so `/public/../admin` and `//admin` are matched as `/admin`. Lookups cost the number of path segments,
 not the number of routes.
 """
 
@@ -20,7 +20,8 @@ ANY_PATH: Final = None
 @dataclass(frozen=True, slots=True)
 class NormalizedPath:
     """`path` is what routes match against; `changed` says whether it differs in
-    structure from the raw path (dot segments or encoded separators), in which case the
+    structure from the raw path (dot segments, doubled slashes, encoded or backslash
+    separators), in which case the
     request is forwarded with `path` so that the upstream sees what was authorized."""
 
     path: str
@@ -28,23 +29,28 @@ class NormalizedPath:
 
 
 def normalize_path(raw_path: str) -> NormalizedPath:
+    """Percent-decode once, turn `\\` into `/`, merge `//`, and remove dot segments
+    (RFC 3986 §5.2.4), so that a route sees the path the upstream will act on."""
     decoded = unquote(raw_path, errors="replace") if "%" in raw_path else raw_path
     if "\\" in decoded:
         decoded = decoded.replace("\\", "/")
+    structural = decoded.count("/") != raw_path.count("/")  # encoded or backslash separators
+    if "//" not in decoded and "/." not in decoded:
+        return NormalizedPath(decoded, structural)
     segments = decoded.split("/")
-    if "." not in segments and ".." not in segments:
-        changed = decoded.count("/") != raw_path.count("/")
-        return NormalizedPath(decoded, changed)
     out: list[str] = []
     for segment in segments[1:]:
-        if segment == "..":
+        # `..;x` is `..` to Tomcat and Jetty (path parameters): treat it as one here too
+        dots = segment.split(";", 1)[0]
+        if dots == "..":
             if out:
                 out.pop()
-        elif segment != ".":
+        elif dots != "." and segment != "":  # an empty segment is a doubled slash
             out.append(segment)
-    trailing = segments[-1] in (".", "..")
+    last = segments[-1].split(";", 1)[0]
+    trailing = len(segments) > 1 and last in ("", ".", "..")
     path = "/" + "/".join(out) + ("/" if trailing and out else "")
-    return NormalizedPath(path, True)
+    return NormalizedPath(path, structural or path != decoded)
 
 
 def _prefix_key(prefix: str) -> str:
@@ -108,4 +114,5 @@ def _host_name(host: str) -> str:
     host = host.lower()
     if host.startswith("["):
         return host[: host.find("]") + 1]
-    return host.rsplit(":", 1)[0] if ":" in host else host
+    name = host.rsplit(":", 1)[0] if ":" in host else host
+    return name[:-1] if name.endswith(".") else name  # `example.com.` is `example.com`
