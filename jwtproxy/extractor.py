@@ -35,7 +35,10 @@ class TokenExtractor:
             if found is not None:
                 raise InvalidRequest("token presented in more than one place")
             found = token
-        if found is not None and len(found) > self.max_token_bytes:
+        if found is not None and (
+            len(found) > self.max_token_bytes  # cheap first: a str is never shorter in bytes
+            or len(found.encode("utf-8", "surrogatepass")) > self.max_token_bytes
+        ):
             raise Malformed(f"token larger than {self.max_token_bytes} bytes")
         return found
 
