@@ -41,13 +41,15 @@ def claim_header_value(value: Any) -> str | None:
         text = str(value)
     elif isinstance(value, list):
         parts = [claim_header_value(item) for item in value]
+        if any(part is None for part in parts):
+            return None  # dropping one member would change what the list says
         text = ",".join(part for part in parts if part is not None)
     elif isinstance(value, dict):
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     else:
         return None
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
-        return None
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF for ch in text):
+        return None  # control characters split headers; lone surrogates cannot be encoded
     return text
 
 
@@ -124,7 +126,8 @@ class HeaderPlan:
             incoming.get("X-Forwarded-Proto", scheme) if trusted else scheme)
         out["X-Forwarded-Host"] = incoming.get("X-Forwarded-Host", host) if trusted else host
         node = f'"[{peer}]"' if ":" in peer else peer
-        element = f"for={node};proto={scheme}" + (f';host="{host}"' if host else "")
+        quoted_host = host.replace("\\", "\\\\").replace('"', '\\"')  # RFC 9110 §5.6.4
+        element = f"for={node};proto={scheme}" + (f';host="{quoted_host}"' if host else "")
         prior = ", ".join(incoming.getall("Forwarded", [])) if trusted else ""
         out["Forwarded"] = f"{prior}, {element}" if prior else element
 
