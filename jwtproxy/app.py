@@ -145,9 +145,13 @@ class ProxyApp:
                 assert decision.route is not None
                 headers = decision.route.plan.request_headers(
                     request.headers, decision.claims, _peer(request), request.scheme, request_id)
-                response = await self.forwarder.forward(
-                    request, decision.route.route, decision.upstream_path + sep + raw_query,
-                    headers, timing)
+                path_qs = decision.upstream_path + sep + raw_query
+                if _is_websocket(request):
+                    response = await self.forwarder.websocket(
+                        request, decision.route.route, path_qs, headers)
+                else:
+                    response = await self.forwarder.forward(
+                        request, decision.route.route, path_qs, headers, timing)
         except JwtProxyError as err:
             response = error_response(err)
         status = response.status
@@ -173,6 +177,12 @@ class ProxyApp:
         ).inc()
         if decision.cache_hit is not None:
             self.metrics.token_cache.labels("hit" if decision.cache_hit else "miss").inc()
+
+
+def _is_websocket(request: web.BaseRequest) -> bool:
+    return (request.method == "GET"
+            and request.headers.get("Upgrade", "").lower() == "websocket"
+            and "upgrade" in request.headers.get("Connection", "").lower())
 
 
 def _peer(request: web.BaseRequest) -> str | None:

@@ -7,6 +7,7 @@ mistaken for a whole one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -116,6 +117,55 @@ class Forwarder:
                 return response
             await response.write_eof()
         return response
+
+
+    async def websocket(
+        self, request: web.BaseRequest, route: Route, path_qs: str, headers: CIMultiDict[str]
+    ) -> web.StreamResponse:
+        """Relay a WebSocket after auth: connect upstream first (502/504 if it fails), then
+        accept the client and pump frames both ways until either side closes."""
+        assert self.session is not None
+        protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "")
+                     .split(",") if p.strip()]
+        upstream_headers = CIMultiDict(
+            (k, v) for k, v in headers.items() if not k.lower().startswith("sec-websocket-"))
+        settings = self._upstream(route)
+        url = URL(route.upstream.replace("http", "ws", 1) + path_qs, encoded=True)
+        try:
+            upstream = await self.session.ws_connect(
+                url, headers=upstream_headers, protocols=protocols, ssl=settings.ssl,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10),
+                autoping=False, max_msg_size=0)
+        except TimeoutError:
+            raise UpstreamTimeout("upstream timed out") from None
+        except (aiohttp.ClientError, OSError) as err:
+            log.warning("upstream_error", extra={"route": route.name,
+                                                 "error": f"{type(err).__name__}: {err}"})
+            raise UpstreamUnavailable("upstream refused the WebSocket") from None
+        client = web.WebSocketResponse(
+            protocols=[upstream.protocol] if upstream.protocol else (), autoping=False,
+            max_msg_size=0)
+        await client.prepare(request)
+        async with upstream:
+            await asyncio.gather(_pump(client, upstream), _pump(upstream, client))
+        return client
+
+
+async def _pump(
+    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+) -> None:
+    async for message in source:
+        if message.type == aiohttp.WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif message.type == aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
+        elif message.type == aiohttp.WSMsgType.PING:
+            await sink.ping(message.data)
+        elif message.type == aiohttp.WSMsgType.PONG:
+            await sink.pong(message.data)
+    if not sink.closed:
+        await sink.close(code=source.close_code or aiohttp.WSCloseCode.OK)
 
 
 def _abort(request: web.BaseRequest) -> None:
