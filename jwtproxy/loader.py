@@ -160,10 +160,11 @@ class _Reader:
     def substitute(self, text: str, path: str, node: yaml.Node) -> str:
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
-            if name in self.environ:
-                return self.environ[name]
-            if default is not None:
+            value = self.environ.get(name)
+            if default is not None and not value:  # `:-` as in sh: unset or empty
                 return default
+            if value is not None:
+                return value
             self.problem(path, node, f"environment variable {name} is not set")
             return ""
 
