@@ -489,9 +489,9 @@ class _Checker:
         return names
 
     def jwks_settings(self, path: str, value: Any) -> JwksSettings:
-        raw = self.mapping(path, value, {
-            "cache_ttl", "refresh_min_interval", "stale_if_error", "timeout"})
-        kwargs = {key: self.duration(f"{path}.{key}", raw[key]) for key in raw}
+        known = {"cache_ttl", "refresh_min_interval", "stale_if_error", "timeout"}
+        raw = self.mapping(path, value, known)
+        kwargs = {key: self.duration(f"{path}.{key}", raw[key]) for key in raw if key in known}
         return _build(JwksSettings, kwargs)
 
     def tokens(self, value: Any) -> tuple[TokenSource, ...]:
