@@ -28,8 +28,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     check = commands.add_parser("check", help="validate the config")
     check.add_argument("-c", "--config", required=True, dest="config")
-    commands.add_parser("demo", help="local issuer + echo upstream + proxy, with curl lines")
-    explain = commands.add_parser("explain", help="show the decision for one request")
+    demo = commands.add_parser("demo", help="local issuer + echo upstream + proxy, with curl lines")
+    demo.add_argument("--port", type=int, default=8080,
+                      help="proxy port (a free one if taken; 0 = any free port)")
+    demo.add_argument("--admin-port", type=int, default=9090,
+                      help="admin port (a free one if taken; 0 = any free port)")
+    explain = commands.add_parser(
+        "explain", help="show the decision for one request",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit status: 0 the request would be allowed (forwarded upstream),\n"
+               "             1 it would be denied (the status and response are printed),\n"
+               "             2 usage error or invalid config")
     explain.add_argument("-c", "--config", required=True, dest="config")
     explain.add_argument("--method", default="GET")
     explain.add_argument("--host", default="localhost")
@@ -61,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "demo":
         from .demo import run_demo
 
-        return run_demo()
+        return run_demo(args.port, args.admin_port)
     config = _load(args.config)
     if config is None:
         return EXIT_USAGE
