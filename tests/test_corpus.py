@@ -188,17 +188,17 @@ class World:
     attacker_url: str
     key_endpoints: dict[str, JwksEndpoint]
     sent: set[str] = field(default_factory=set)
-    _cases: dict[str, Case] = field(default_factory=dict)
+    cases: dict[str, Case] = field(default_factory=dict)
     _built: float = 0.0
 
     def case(self, name: str) -> Case:
         """The named case, re-signed when the corpus is older than CORPUS_MAX_AGE."""
         if time.monotonic() - self._built > CORPUS_MAX_AGE:
             cases = generate.build_corpus(KEYS, attacker_url=self.attacker_url)
-            self._cases = {case.name: case for case in cases}
-            assert list(self._cases) == CASE_NAMES, "case names must not depend on time"
+            self.cases = {case.name: case for case in cases}
+            assert list(self.cases) == CASE_NAMES, "case names must not depend on time"
             self._built = time.monotonic()
-        return self._cases[name]
+        return self.cases[name]
 
 
 @contextlib.contextmanager
@@ -387,7 +387,7 @@ def test_proxy_survived_the_corpus(world: World) -> None:
     assert KEYS.hs_secret not in logs, "the HS256 secret is in the proxy's log"
     accepted = {
         f"/{case.route_name}/{case.name}"
-        for case in world._cases.values()
+        for case in world.cases.values()
         if case.expected_status == 200
     } | {f"/{MAIN}/{name}" for name in NODE_CASE_NAMES}
     forwarded = {got.path_qs for got in world.upstream.received}
