@@ -128,7 +128,11 @@ def proxy_config(keys_url: str, attacker_url: str, upstream_url: str) -> dict[st
 
 
 class _Loop:
-    """aiohttp apps on loopback, served by one event loop in a background thread."""
+    """aiohttp apps on loopback, served by one event loop in a background thread.
+
+    Unlike tests/threaded.py (one bare handler, default limits) it serves routed apps and
+    lets the upstream take headers past aiohttp's 8190-byte default: a valid token of
+    max_token_bytes is forwarded with its Authorization header."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
