@@ -12,7 +12,7 @@
 Record fields: rps; p50_us/p90_us/p99_us/p999_us (wrk's latency, closed loop:
 see README); cpu_server (cores used by the system under test: master and all
 descendants), us_per_req (its CPU microseconds per request), cpu_upstream,
-cpu_wrk, machine_busy, steal; rss_kib/pss_kib of the system under test at the
+cpu_wrk, machine_busy, steal, cpu_other (cores busy with anything else: noise); rss_kib/pss_kib of the system under test at the
 end of the run; non2xx; socket_errors; status (per code, when counted);
 cache_hits/cache_misses (jwtproxy only); status_ok: valid and distinct paths
 all 2xx, invalid path all 401 (or all >= 400 when codes are not counted).
@@ -20,6 +20,7 @@ all 2xx, invalid path all 401 (or all >= 400 when codes are not counted).
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import urllib.request
@@ -80,6 +81,10 @@ def make(kv: dict[str, str]) -> dict[str, Any]:
         rec["cpu_wrk"] = (us + sy) / secs
     except ValueError:
         pass
+    # CPU the machine spent on anything but the system under test, the upstream and
+    # the load generator: other work on the box, a noise indicator
+    rec["cpu_other"] = max(0.0, rec["machine_busy"] * (os.cpu_count() or 1) - rec["cpu_server"]
+                           - rec["cpu_upstream"] - rec.get("cpu_wrk", 0.0))
     rss = _ints(kv.get("rss", ""))
     if rss:
         rec["rss_kib"], rec["pss_kib"], rec["nprocs"] = rss
@@ -115,7 +120,8 @@ def progress(r: dict[str, Any]) -> str:
             f"{r['rps']:9.0f} rps  p50 {r['p50_us'] / 1e3:6.2f} ms  p99 {r['p99_us'] / 1e3:6.2f} ms  "
             f"cpu {r['us_per_req']:6.1f} us/req ({r['cpu_server']:.2f} cores, up "
             f"{r['cpu_upstream']:.2f}, wrk {r.get('cpu_wrk', 0):.2f})  "
-            f"rss {r.get('rss_kib', 0) / 1024:.0f} MB  steal {100 * r['steal']:.0f}%{extra}")
+            f"rss {r.get('rss_kib', 0) / 1024:.0f} MB  other {r['cpu_other']:.2f} steal {100 * r['steal']:.0f}%"
+            f"{extra}")
 
 
 def main(argv: list[str]) -> int:

@@ -173,7 +173,7 @@ for s in "${STARTED[@]}"; do
 done
 
 {
-  echo "host: $(nproc) cores, $(uname -r), $(date -u +%FT%TZ)"
+  echo "host: $(nproc) cores, $(uname -r), $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "settings: loader=$LOADER -t$WRK_THREADS -c$WRK_CONNS -d${DURATION}s (warm-up ${WARMUP}s) rounds=$ROUNDS" \
     "proxy workers=$PROXY_WORKERS upstream=$UPSTREAM_IMPL/$UPSTREAM_WORKERS distinct tokens=$DISTINCT_TOKENS" \
     "paced=${PACED:-no} smoke=$SMOKE"

@@ -46,6 +46,7 @@ def cell(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "rss_mb": max(r.get("rss_kib", 0) for r in ok) / 1024,
         "pss_mb": max(r.get("pss_kib", 0) for r in ok) / 1024,
         "steal": st.mean(r.get("steal", 0) for r in ok),
+        "other_cores": st.mean(r.get("cpu_other", 0) for r in ok),
         "non2xx": sum(r.get("non2xx", 0) for r in ok),
         "socket_errors": sum(r.get("socket_errors", 0) for r in ok),
     })
@@ -78,13 +79,13 @@ def ratio(a: float | None, b: float | None) -> str:
 def tables(cells: dict[tuple[str, str, str], dict[str, Any]], ref: str, subject: str) -> tuple[str, list]:
     lines = []
     lines.append("| system | path | mode | rps (median) | each run, k rps | spread | x " + ref +
-                 " | p50 ms | p99 ms | CPU us/req | CPU cores | RSS MB | cache hits | status |")
-    lines.append("|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+                 " | p50 ms | p99 ms | CPU us/req | CPU cores | RSS MB | cache hits | other cores | status |")
+    lines.append("|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for key in ordered(cells):
         s, p, m = key
         c = cells[key]
         if "rps" not in c:
-            lines.append(f"| {s} | {p} | {m} | - | - | - | - | - | - | - | - | - | - | NO DATA |")
+            lines.append(f"| {s} | {p} | {m} | - | - | - | - | - | - | - | - | - | - | - | NO DATA |")
             continue
         refc = cells.get((ref, "valid", m), {})
         hit = c.get("cache_hit_ratio")
@@ -92,7 +93,7 @@ def tables(cells: dict[tuple[str, str, str], dict[str, Any]], ref: str, subject:
             f"| {s} | {p} | {m} | {c['rps']:,.0f} | {'/'.join(f'{x / 1e3:.1f}' for x in c['each_rps'])} | "
             f"{100 * c['spread']:.0f}% | {ratio(c['rps'], refc.get('rps'))} | {c['p50_ms']:.2f} | "
             f"{c['p99_ms']:.2f} | {c['us_per_req']:.0f} | {c['cores']:.2f} | {c['rss_mb']:.0f} | "
-            f"{'-' if hit is None else f'{100 * hit:.0f}%'} | "
+            f"{'-' if hit is None else f'{100 * hit:.0f}%'} | {c['other_cores']:.2f} | "
             f"{'ok' if c['status_ok'] else 'MISMATCH'} |")
 
     vs = []
@@ -155,7 +156,8 @@ def main() -> int:
     w = rows[0] if rows else {}
     head = (f"wrk -t{w.get('threads')} -c{w.get('conns')}; rounds: {max((r['round'] for r in rows), default=0)}; "
             "medians over rounds; CPU = utime+stime of the system under test (master + workers) "
-            "per request; RSS summed over its processes at the end of a run")
+            "per request; RSS summed over its processes at the end of a run; other cores = CPU busy "
+            "with anything but the system, the upstream and wrk (noise: should be near 0)")
     text, vs = tables(cells, a.ref, a.subject)
     print(head + "\n\n" + text, end="")
     if a.out:
