@@ -31,6 +31,7 @@ access_log = logging.getLogger(ACCESS_LOGGER)
 
 REALM: Final = 'Bearer realm="jwtproxy"'
 RETRY_AFTER_SECONDS: Final = 30
+MAX_HEADER_FIELD: Final = 64 * 1024
 REQUEST_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 DESCRIPTION_UNSAFE: Final = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')  # RFC 6750 §3
 
@@ -244,7 +245,8 @@ def server_options(config: Config) -> dict[str, Any]:
     """Options of the proxy's low-level aiohttp server."""
     # auto_decompress off: bodies go upstream byte for byte, whatever their encoding.
     return {"auto_decompress": False, "access_log": None,
-            "max_field_size": max(8190, config.server.max_token_bytes + 1024)}
+            # far above max_token_bytes, so an oversized token gets our 401, not a 400
+            "max_field_size": max(MAX_HEADER_FIELD, config.server.max_token_bytes + 1024)}
 
 
 def proxy_server(proxy: ProxyApp, config: Config) -> web.Server:

@@ -21,7 +21,8 @@ from yarl import URL
 
 from .config import Route
 from .errors import UpstreamTimeout, UpstreamUnavailable
-from .headers import REQUEST_ID, response_headers
+from .headers import response_headers
+from .pool import Connection, UpstreamError, UpstreamPool, UpstreamTimedOut
 
 log = logging.getLogger("jwtproxy.forwarder")
 
@@ -41,12 +42,24 @@ class _Upstream:
     ssl: ssl.SSLContext | bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    route: Route  # held so that its id() is not reused while cached
+    host: str
+    port: int
+    tls: ssl.SSLContext | None
+    authority: str
+
+
 class Forwarder:
-    """One pooled session for the process lifetime; routes of any config version."""
+    """Upstream connections for the process lifetime, for routes of any config version:
+    the lean pool for HTTP, one aiohttp session for WebSocket upgrades."""
 
     def __init__(self) -> None:
         self.session: aiohttp.ClientSession | None = None
+        self.pool = UpstreamPool()
         self._upstreams: dict[int, _Upstream] = {}  # by id(route): hashing a Route is slow
+        self._targets: dict[int, _Target] = {}
 
     def _upstream(self, route: Route) -> _Upstream:
         found = self._upstreams.get(id(route))
@@ -66,8 +79,20 @@ class Forwarder:
         )
 
     async def close(self) -> None:
+        self.pool.close()
         if self.session is not None:
             await self.session.close()
+
+    def _target(self, route: Route) -> _Target:
+        found = self._targets.get(id(route))
+        if found is None:
+            url = URL(route.upstream)
+            tls: ssl.SSLContext | None = None
+            if url.scheme == "https":
+                tls = ssl.create_default_context(cafile=route.ca_file)
+            found = self._targets[id(route)] = _Target(
+                route, url.raw_host or "", url.port or 80, tls, url.raw_authority)
+        return found
 
     async def forward(
         self,
@@ -78,46 +103,89 @@ class Forwarder:
         timing: UpstreamTiming,
     ) -> web.StreamResponse:
         """`path_qs` is the raw request target, forwarded as is (no re-encoding)."""
-        assert self.session is not None
-        url = URL(route.upstream + path_qs, encoded=True)
-        body = request.content if request.body_exists else None
-        settings = self._upstream(route)
+        target = self._target(route)
+        has_body = request.body_exists
+        chunked = has_body and "Content-Length" not in headers
+        if "Host" not in headers:
+            headers["Host"] = target.authority
+        if chunked:
+            headers["Transfer-Encoding"] = "chunked"
+        head = _request_head(request.method, path_qs, headers)
         started = time.perf_counter()
-        try:
-            upstream = await self.session.request(
-                request.method, url, headers=headers, data=body, allow_redirects=False,
-                timeout=settings.timeout, ssl=settings.ssl,
-                compress=False, chunked=None,
-            )
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise UpstreamTimeout("upstream timed out") from None
-        except (aiohttp.ClientError, OSError) as err:
-            log.warning("upstream_error", extra={"route": route.name,
-                                                 "error": f"{type(err).__name__}: {err}"})
-            raise UpstreamUnavailable("upstream unavailable") from None
+        conn = await self._send(request, route, target, head, has_body, chunked)
         timing.seconds = time.perf_counter() - started
-        async with upstream:
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                          headers=response_headers(upstream.headers))
-            response.headers.setdefault(REQUEST_ID, headers[REQUEST_ID])
-            if upstream.content_length is not None and "Content-Length" in upstream.headers:
-                response.content_length = upstream.content_length
-            elif request.method == "HEAD" or upstream.status in (204, 304):
-                pass
-            else:
-                response.enable_chunked_encoding()
-            await response.prepare(request)
-            try:
-                async for chunk in upstream.content.iter_chunked(CHUNK):
-                    await response.write(chunk)
-            except (TimeoutError, aiohttp.ClientError, OSError) as err:
-                log.warning("upstream_body_error", extra={
-                    "route": route.name, "error": f"{type(err).__name__}: {err}"})
-                _abort(request)
-                return response
-            await response.write_eof()
-        return response
+        try:
+            return await self._relay(request, route, conn)
+        finally:
+            self.pool.release(conn)
 
+    async def _send(
+        self, request: web.BaseRequest, route: Route, target: _Target, head: bytes,
+        has_body: bool, chunked: bool,
+    ) -> Connection:
+        """Send the request and wait for the response head. A reused connection that
+        fails before answering is retried once on a fresh one when there is no body
+        (it was most likely closed by the upstream's keep-alive timeout)."""
+        for attempt in (1, 2):
+            try:
+                conn, reused = await self.pool.connect(
+                    target.host, target.port, target.tls, route.connect_timeout)
+            except UpstreamTimedOut:
+                raise UpstreamTimeout("upstream connect timed out") from None
+            except UpstreamError as err:
+                log.warning("upstream_error", extra={"route": route.name, "error": str(err)})
+                raise UpstreamUnavailable("upstream unavailable") from None
+            conn._reset_exchange(head_only=request.method == "HEAD")
+            try:
+                await conn.write(head)
+                if has_body:
+                    await _send_body(conn, request, chunked)
+                conn.sent_whole_request = True
+                await asyncio.wait_for(asyncio.shield(conn.head_done), route.read_timeout)
+                return conn
+            except TimeoutError:
+                self.pool.discard(conn)
+                raise UpstreamTimeout("upstream timed out") from None
+            except UpstreamTimedOut:
+                self.pool.discard(conn)
+                raise UpstreamTimeout("upstream timed out") from None
+            except UpstreamError as err:
+                self.pool.discard(conn)
+                if reused and not has_body and attempt == 1:
+                    continue
+                log.warning("upstream_error", extra={"route": route.name, "error": str(err)})
+                raise UpstreamUnavailable("upstream unavailable") from None
+        raise AssertionError("unreachable")
+
+    async def _relay(
+        self, request: web.BaseRequest, route: Route, conn: Connection
+    ) -> web.StreamResponse:
+        headers = _response_headers(conn.headers)
+        reason = conn.reason.decode("latin-1") or None
+        bodyless = request.method == "HEAD" or conn.status in (204, 304)
+        if conn.complete and not bodyless:
+            return web.Response(status=conn.status, reason=reason, headers=headers,
+                                body=conn.take_body())
+        response = web.StreamResponse(status=conn.status, reason=reason, headers=headers)
+        length = _content_length(conn.headers)
+        if length is not None and conn.status not in (204, 304):
+            response.content_length = length
+        elif not bodyless:
+            response.enable_chunked_encoding()
+        await response.prepare(request)
+        if bodyless:
+            await response.write_eof()
+            return response
+        try:
+            async for chunk in conn.body_chunks(route.read_timeout):
+                await response.write(chunk)
+        except UpstreamError as err:
+            log.warning("upstream_body_error", extra={"route": route.name, "error": str(err)})
+            self.pool.discard(conn)
+            _abort(request)  # a truncated body must not look like a whole one
+            return response
+        await response.write_eof()
+        return response
 
     async def websocket(
         self, request: web.BaseRequest, route: Route, path_qs: str, headers: CIMultiDict[str]
@@ -166,6 +234,39 @@ async def _pump(
             await sink.pong(message.data)
     if not sink.closed:
         await sink.close(code=source.close_code or aiohttp.WSCloseCode.OK)
+
+
+def _request_head(method: str, path_qs: str, headers: CIMultiDict[str]) -> bytes:
+    lines = [f"{method} {path_qs} HTTP/1.1"]
+    lines.extend(f"{name}: {value}" for name, value in headers.items())
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+async def _send_body(conn: Connection, request: web.BaseRequest, chunked: bool) -> None:
+    try:
+        async for chunk in request.content.iter_chunked(CHUNK):
+            if chunked:
+                await conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            else:
+                await conn.write(chunk)
+    except (aiohttp.ClientPayloadError, web.HTTPException) as err:
+        raise UpstreamError(f"client body: {err}") from None
+    if chunked:
+        await conn.write(b"0\r\n\r\n")
+
+
+def _response_headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
+    decoded: CIMultiDict[str] = CIMultiDict(
+        (name.decode("latin-1"), value.decode("utf-8", "replace")) for name, value in raw)
+    return response_headers(decoded)
+
+
+def _content_length(raw: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in raw:
+        if name.lower() == b"content-length":
+            return int(value)
+    return None
 
 
 def _abort(request: web.BaseRequest) -> None:

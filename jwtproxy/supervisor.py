@@ -69,7 +69,8 @@ def supervise(config_path: Path, workers: int, graceful_timeout: float, watch: b
                 if not stopping:
                     log.error("worker_exited", extra={"pid": pid, "code": code})
                     time.sleep(RESTART_BACKOFF)
-                    spawn()
+                    if not stopping:  # a stop signal may have come during the backoff
+                        spawn()
         return 0
     finally:
         deadline = time.monotonic() + graceful_timeout + 5

@@ -241,8 +241,8 @@ def _check_claim_types(claims: Mapping[str, Any]) -> None:
         raise Malformed("iss claim must be a string")
     if "sub" in claims and not isinstance(claims["sub"], str):
         raise Malformed("sub claim must be a string")
-    aud = claims.get("aud")
-    if aud is not None and not isinstance(aud, str) and not (
+    aud = claims.get("aud", "")
+    if not isinstance(aud, str) and not (
         isinstance(aud, list) and all(isinstance(item, str) for item in aud)
     ):
         raise Malformed("aud must be a string or a list of strings")

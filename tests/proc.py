@@ -41,6 +41,7 @@ class ProxyProcess:
     admin_port: int
     config_path: Path
     log_path: Path
+    final_logs: str = ""
 
     @property
     def url(self) -> str:
@@ -51,6 +52,9 @@ class ProxyProcess:
         return f"http://127.0.0.1:{self.admin_port}"
 
     def logs(self) -> str:
+        """The process output so far (after exit: all of it)."""
+        if self.final_logs:
+            return self.final_logs
         return self.log_path.read_text(errors="replace")
 
     def admin_get(self, path: str) -> tuple[int, str]:
@@ -111,3 +115,4 @@ def proxy_process(
                     except subprocess.TimeoutExpired:
                         process.kill()
                         process.wait()
+                proc.final_logs = log_path.read_text(errors="replace")
