@@ -37,7 +37,8 @@ def multiprocess_enabled() -> bool:
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        live: Final = "livesum" if multiprocess_enabled() else "all"
+        # every worker holds the same keys: the merged figure is one worker's, not a sum
+        live: Final = "livemax" if multiprocess_enabled() else "all"
         reg = self.registry
         self.requests = Counter("jwtproxy_requests", "Requests answered, by route and status",
                                 ["route", "code"], registry=reg)

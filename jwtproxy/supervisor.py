@@ -65,7 +65,7 @@ def supervise(config_path: Path, workers: int, graceful_timeout: float, watch: b
                 if code is None:
                     continue
                 del children[pid]
-                _mark_dead(pid)
+                _mark_dead(pid, metrics_dir)
                 if not stopping:
                     log.error("worker_exited", extra={"pid": pid, "code": code})
                     time.sleep(RESTART_BACKOFF)
@@ -86,8 +86,8 @@ def supervise(config_path: Path, workers: int, graceful_timeout: float, watch: b
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _mark_dead(pid: int) -> None:
+def _mark_dead(pid: int, metrics_dir: str) -> None:
+    """Drop a dead worker's live-gauge files so /metrics stops counting it."""
     from prometheus_client import multiprocess
 
-    if os.environ.get(MULTIPROC_ENV):
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
