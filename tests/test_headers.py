@@ -1,0 +1,229 @@
+"""Header rewriting: hop-by-hop, strip-before-inject, claim values, X-Forwarded-*."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from jwtproxy.config import Forward, Match, Route
+from jwtproxy.headers import (
+    HeaderPlan,
+    TrustedProxies,
+    claim_header_value,
+    normalized_name,
+    response_headers,
+)
+
+CLAIMS: dict[str, Any] = {
+    "sub": "user-1",
+    "email": "u@example.com",
+    "cognito:groups": ["admin", "dev"],
+    "address": {"city": "Zürich", "zip": 8000},
+    "email_verified": True,
+    "age": 42,
+}
+FORWARD = Forward(claims=(("sub", "X-Auth-Subject"), ("email", "X-Auth-Email"),
+                          ("cognito:groups", "X-Auth-Groups"), ("address", "X-Auth-Address"),
+                          ("email_verified", "X-Auth-Verified"), ("age", "X-Auth-Age"),
+                          ("missing", "X-Auth-Missing")),
+                  payload_header="X-Auth-Claims")
+STRIPPED = frozenset({"X-Auth-Subject", "X-Auth-Email", "X-Auth-Groups", "X-Auth-Address",
+                      "X-Auth-Verified", "X-Auth-Age", "X-Auth-Missing", "X-Auth-Claims",
+                      "X-Other-Route"})
+
+
+def plan(forward: Forward = FORWARD, trusted: tuple[str, ...] = ()) -> HeaderPlan:
+    route = Route("r", "http://127.0.0.1:1", Match(), forward=forward)
+    return HeaderPlan(route, STRIPPED, TrustedProxies(trusted))
+
+
+def rewrite(pairs: list[tuple[str, str]], claims: dict[str, Any] | None = None,
+            peer: str | None = "203.0.113.7", scheme: str = "http",
+            forward: Forward = FORWARD, trusted: tuple[str, ...] = ()) -> CIMultiDict[str]:
+    incoming = CIMultiDictProxy(CIMultiDict(pairs))
+    return plan(forward, trusted).request_headers(incoming, claims, peer, scheme, "req-1")
+
+
+@pytest.mark.parametrize("name", [
+    "Connection", "Keep-Alive", "Proxy-Authorization", "Proxy-Authenticate",
+    "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade", "keep_alive",
+    "Expect",
+])
+def test_hop_by_hop_dropped(name: str) -> None:
+    out = rewrite([(name, "x"), ("Accept", "*/*")])
+    assert name not in out
+    assert out["Accept"] == "*/*"
+
+
+def test_headers_named_by_connection_dropped() -> None:
+    out = rewrite([("Connection", "close, X-Secret"), ("Connection", "x_other"),
+                   ("X-Secret", "1"), ("X-Other", "2"), ("X-Kept", "3")])
+    assert "X-Secret" not in out and "X-Other" not in out
+    assert out["X-Kept"] == "3"
+
+
+@pytest.mark.parametrize("name", [
+    "X-Auth-Subject", "x-auth-subject", "X-AUTH-SUBJECT", "x_auth_subject", "X_Auth-Subject",
+    "X-Auth-Claims", "x_auth_claims", "X-Other-Route", "X-Auth-Missing",
+])
+def test_client_copies_of_claim_headers_stripped(name: str) -> None:
+    for claims in (CLAIMS, None):  # also on routes that inject nothing (public)
+        out = rewrite([(name, "forged")], claims)
+        assert "forged" not in out.values()
+
+
+def test_claims_injected() -> None:
+    out = rewrite([("X-Auth-Subject", "forged"), ("x_auth_subject", "forged")], CLAIMS)
+    assert out.getall("X-Auth-Subject") == ["user-1"]
+    assert out["X-Auth-Email"] == "u@example.com"
+    assert out["X-Auth-Groups"] == "admin,dev"
+    assert out["X-Auth-Address"] == '{"city":"Zürich","zip":8000}'
+    assert out["X-Auth-Verified"] == "true"
+    assert out["X-Auth-Age"] == "42"
+    assert "X-Auth-Missing" not in out
+
+
+def test_payload_header_is_base64url_json() -> None:
+    claims = {**CLAIMS, "note": "??>>"}  # bytes that differ between base64 alphabets
+    value = rewrite([], claims)["X-Auth-Claims"]
+    assert "=" not in value and "+" not in value and "/" not in value
+    decoded = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    assert json.loads(decoded) == claims
+    assert b" " not in decoded  # compact
+
+
+def test_no_claims_no_injection() -> None:
+    out = rewrite([("Accept", "x")], None)
+    assert not any(name.startswith("X-Auth") for name in out)
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    ("plain", "plain"),
+    ("", ""),
+    (7, "7"),
+    (-1, "-1"),
+    (1.5, "1.5"),
+    (True, "true"),
+    (False, "false"),
+    (["a", "b", "c"], "a,b,c"),
+    ([], ""),
+    (["a", 1, True], "a,1,true"),
+    ({"b": 1, "a": [1, 2]}, '{"b":1,"a":[1,2]}'),
+    ({"k": "line\nbreak"}, '{"k":"line\\nbreak"}'),  # JSON escapes it: safe
+    ("café ☕", "café ☕"),
+    (None, None),
+    ("a\r\nX-Injected: 1", None),
+    ("a\nb", None),
+    ("a\x00b", None),
+    ("a\x7fb", None),
+    ("tab\there", None),
+    (["ok", "bad\nvalue"], None),  # not silently shortened to "ok"
+    (["ok", None], None),
+    ("\ud800", None),
+])
+def test_claim_header_value(value: Any, text: str | None) -> None:
+    assert claim_header_value(value) == text
+
+
+def test_refused_value_is_not_sent_and_forgery_still_stripped() -> None:
+    out = rewrite([("X-Auth-Subject", "forged")], {**CLAIMS, "sub": "evil\r\nX-Admin: 1"})
+    assert "X-Auth-Subject" not in out
+    assert "X-Admin" not in out
+
+
+def test_x_forwarded_for_appended() -> None:
+    assert rewrite([])["X-Forwarded-For"] == "203.0.113.7"
+    assert rewrite([("X-Forwarded-For", "198.51.100.1")])["X-Forwarded-For"] == (
+        "198.51.100.1, 203.0.113.7")
+    out = rewrite([("X-Forwarded-For", "198.51.100.1"), ("X-Forwarded-For", "10.0.0.1")])
+    assert out.getall("X-Forwarded-For") == ["198.51.100.1, 10.0.0.1, 203.0.113.7"]
+    assert rewrite([], peer=None)["X-Forwarded-For"] == "unknown"
+
+
+def test_x_forwarded_proto_and_host_overwritten_for_untrusted_peer() -> None:
+    out = rewrite([("Host", "api.example.com"), ("X-Forwarded-Proto", "https"),
+                   ("X-Forwarded-Host", "evil.test")], scheme="http")
+    assert out.getall("X-Forwarded-Proto") == ["http"]
+    assert out.getall("X-Forwarded-Host") == ["api.example.com"]
+
+
+def test_x_forwarded_proto_and_host_kept_from_trusted_proxy() -> None:
+    pairs = [("Host", "internal:8080"), ("X-Forwarded-Proto", "https"),
+             ("X-Forwarded-Host", "api.example.com")]
+    out = rewrite(pairs, peer="10.1.2.3", trusted=("10.0.0.0/8",))
+    assert out.getall("X-Forwarded-Proto") == ["https"]
+    assert out.getall("X-Forwarded-Host") == ["api.example.com"]
+    # a trusted proxy that sent none: ours
+    out = rewrite([("Host", "internal:8080")], peer="10.1.2.3", scheme="https",
+                  trusted=("10.0.0.0/8",))
+    assert (out["X-Forwarded-Proto"], out["X-Forwarded-Host"]) == ("https", "internal:8080")
+    # a peer outside the trusted networks
+    out = rewrite(pairs, peer="11.1.2.3", trusted=("10.0.0.0/8",))
+    assert (out["X-Forwarded-Proto"], out["X-Forwarded-Host"]) == ("http", "internal:8080")
+
+
+def test_forwarded() -> None:
+    out = rewrite([("Host", "api.example.com"), ("Forwarded", "for=1.2.3.4;proto=https")])
+    assert out.getall("Forwarded") == ['for=203.0.113.7;proto=http;host="api.example.com"']
+    out = rewrite([("Host", "h"), ("Forwarded", "for=1.2.3.4")], peer="10.0.0.9",
+                  trusted=("10.0.0.0/8",))
+    assert out.getall("Forwarded") == ['for=1.2.3.4, for=10.0.0.9;proto=http;host="h"']
+    assert rewrite([], peer="2001:db8::1", scheme="https")["Forwarded"] == (
+        'for="[2001:db8::1]";proto=https')
+    assert rewrite([], peer=None)["Forwarded"] == "for=unknown;proto=http"
+
+
+def test_forwarded_host_is_quoted_safely() -> None:
+    value = rewrite([("Host", 'a"b\\c')])["Forwarded"]
+    assert value == 'for=203.0.113.7;proto=http;host="a\\"b\\\\c"'
+
+
+def test_authorization_kept_or_stripped() -> None:
+    pairs = [("Authorization", "Bearer t"), ("Cookie", "a=1")]
+    assert rewrite(pairs, CLAIMS)["Authorization"] == "Bearer t"
+    out = rewrite(pairs, CLAIMS, forward=Forward(authorization="strip"))
+    assert "Authorization" not in out
+    assert out["Cookie"] == "a=1"
+
+
+def test_request_id_replaced() -> None:
+    out = rewrite([("X-Request-Id", "client-chosen")])
+    assert out.getall("X-Request-Id") == ["req-1"]
+
+
+def test_end_to_end_headers_kept_with_order_and_repeats() -> None:
+    out = rewrite([("Accept", "a"), ("X-Custom", "1"), ("X-Custom", "2"), ("Cookie", "c=1")])
+    assert out.getall("X-Custom") == ["1", "2"]
+    assert out["Accept"] == "a" and out["Cookie"] == "c=1"
+
+
+def test_response_headers() -> None:
+    upstream = CIMultiDictProxy(CIMultiDict([
+        ("Content-Type", "text/plain"), ("Content-Length", "5"), ("Connection", "X-Hop"),
+        ("X-Hop", "1"), ("Keep-Alive", "timeout=5"), ("Transfer-Encoding", "chunked"),
+        ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("Upgrade", "h2c"),
+    ]))
+    out = response_headers(upstream)
+    assert list(out.items()) == [("Content-Type", "text/plain"), ("Set-Cookie", "a=1"),
+                                 ("Set-Cookie", "b=2")]
+
+
+@pytest.mark.parametrize(("networks", "peer", "inside"), [
+    (("10.0.0.0/8",), "10.1.2.3", True),
+    (("10.0.0.0/8",), "11.0.0.1", False),
+    (("10.0.0.0/8", "::1/128"), "::1", True),
+    (("192.168.1.7",), "192.168.1.7", True),
+    (("10.0.0.0/8",), "not-an-ip", False),
+    (("10.0.0.0/8",), None, False),
+    ((), "10.1.2.3", False),
+])
+def test_trusted_proxies(networks: tuple[str, ...], peer: str | None, inside: bool) -> None:
+    assert (peer in TrustedProxies(networks)) is inside
+
+
+def test_normalized_name() -> None:
+    assert normalized_name("X_Auth-SUBJECT") == "x-auth-subject"
