@@ -53,7 +53,7 @@ def claim_header_value(value: Any) -> str | None:
     return text
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
+def _connection_tokens(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> set[str]:
     tokens: set[str] = set()
     for value in headers.getall("Connection", []):
         tokens.update(normalized_name(token.strip()) for token in value.split(","))
@@ -132,7 +132,7 @@ class HeaderPlan:
         out["Forwarded"] = f"{prior}, {element}" if prior else element
 
 
-def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def response_headers(upstream: CIMultiDict[str] | CIMultiDictProxy[str]) -> CIMultiDict[str]:
     dropped = RESPONSE_DROPPED | _connection_tokens(upstream)
     return CIMultiDict(
         (name, value) for name, value in upstream.items() if name.lower() not in dropped)

@@ -9,6 +9,7 @@ response on both sides and when neither side said `Connection: close`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
@@ -72,10 +73,8 @@ class Connection(asyncio.Protocol):
                 self.transport.close()
 
     def eof_received(self) -> bool:
-        try:
+        with contextlib.suppress(httptools.HttpParserError):
             self.parser.feed_data(b"")  # completes a close-delimited body
-        except httptools.HttpParserError:
-            pass
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
