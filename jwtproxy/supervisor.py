@@ -7,6 +7,8 @@ PROMETHEUS_MULTIPROC_DIR at import and `/metrics` merges every worker.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import shutil
@@ -25,6 +27,7 @@ log = logging.getLogger("jwtproxy.supervisor")
 
 RESTART_BACKOFF: Final = 1.0
 POLL_INTERVAL: Final = 0.2
+PR_SET_PDEATHSIG: Final = 1
 
 
 def supervise(config_path: Path, workers: int, graceful_timeout: float, watch: bool) -> int:
@@ -38,7 +41,7 @@ def supervise(config_path: Path, workers: int, graceful_timeout: float, watch: b
     children: dict[int, subprocess.Popen[bytes]] = {}
 
     def spawn() -> None:
-        child = subprocess.Popen(command, env=env)
+        child = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
         children[child.pid] = child
         log.info("worker_started", extra={"pid": child.pid})
 
@@ -84,6 +87,15 @@ def supervise(config_path: Path, workers: int, graceful_timeout: float, watch: b
                 child.kill()
         if own_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGTERM if the supervisor dies, instead of lingering."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def _mark_dead(pid: int, metrics_dir: str) -> None:
