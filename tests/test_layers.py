@@ -1,0 +1,140 @@
+"""The module map of shared/STYLE.md, enforced: imports only point down, and each
+third-party library stays with the modules that own it."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+PACKAGE: Final = Path(__file__).resolve().parent.parent / "jwtproxy"
+
+LAYERS: Final = {
+    "__init__": 0, "errors": 0,
+    "config": 1, "loader": 1,
+    "matcher": 2, "extractor": 2, "authorizer": 2, "headers": 2, "metrics": 2, "log": 2,
+    "jwks": 2, "pool": 2,
+    "verifier": 3,
+    "gate": 4, "forwarder": 4,
+    "app": 5, "explain": 5, "serve": 5,
+    "cli": 6, "demo": 6, "supervisor": 6, "__main__": 6,
+}
+
+# Imports within one layer: each one deliberate, listed here.
+SAME_LAYER: Final = {
+    ("loader", "config"),     # the parser builds the value objects
+    ("explain", "app"),       # prints the very error body the proxy would send
+    ("serve", "app"),         # runs the apps
+    ("cli", "demo"),          # `jwtproxy demo`
+    ("cli", "supervisor"),    # `workers > 1`
+    ("__main__", "cli"),
+}
+
+# Third-party libraries and the only modules allowed to import them.
+OWNERS: Final = {
+    "yaml": {"loader"},
+    "joserfc": {"jwks", "verifier"},
+    "aiohttp.web": {"app", "forwarder", "serve", "demo"},
+    # client side: key fetches (jwks; app and explain open the session they pass to it)
+    # and the upstream side (forwarder); the web modules may use it too
+    "aiohttp": {"app", "forwarder", "serve", "demo", "jwks", "explain"},
+    "httptools": {"pool"},
+    "prometheus_client": {"metrics", "supervisor"},
+}
+
+
+def modules() -> list[str]:
+    return sorted(path.stem for path in PACKAGE.glob("*.py"))
+
+
+@cache
+def imports(module: str) -> tuple[tuple[str, int], ...]:
+    """Every import in `module` (also inside functions) as (dotted target, line);
+    package-relative targets are given as `jwtproxy.<module>`."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
+    found: list[tuple[str, int]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, node.lineno) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                assert node.level == 1, f"{module}:{node.lineno}: import from above the package"
+                base = "jwtproxy" + (f".{node.module}" if node.module else "")
+            else:
+                base = node.module or ""
+            if node.module is None or base == "jwtproxy":
+                # `from . import x`: x is a module, or a name from __init__
+                for alias in node.names:
+                    target = alias.name if alias.name in LAYERS else "__init__"
+                    found.append((f"jwtproxy.{target}", node.lineno))
+            else:
+                found.append((base, node.lineno))
+                found.extend((f"{base}.{alias.name}", node.lineno) for alias in node.names)
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            # `import aiohttp` then `aiohttp.web.X`
+            found.append((f"{node.value.id}.{node.attr}", node.lineno))
+    return tuple(found)
+
+
+def internal(module: str) -> Iterator[tuple[str, int]]:
+    for target, line in imports(module):
+        parts = target.split(".")
+        if parts[0] == "jwtproxy" and len(parts) >= 2 and parts[1] in LAYERS:
+            yield parts[1], line
+
+
+def test_every_module_has_a_layer() -> None:
+    missing = sorted(set(modules()) - set(LAYERS))
+    assert not missing, f"give each new module one job and a layer in LAYERS: {missing}"
+
+
+def test_map_lists_only_existing_modules() -> None:
+    assert not set(LAYERS) - set(modules())
+
+
+@pytest.mark.parametrize("module", modules())
+def test_imports_point_down(module: str) -> None:
+    if module not in LAYERS:
+        pytest.skip("no layer yet (see test_every_module_has_a_layer)")
+    upward = []
+    for target, line in sorted(set(internal(module))):
+        if target == module:
+            continue
+        if LAYERS[target] > LAYERS[module]:
+            upward.append(f"{module}.py:{line}: L{LAYERS[module]} {module} imports "
+                          f"L{LAYERS[target]} {target}")
+        elif LAYERS[target] == LAYERS[module] and (module, target) not in SAME_LAYER:
+            upward.append(f"{module}.py:{line}: {module} imports {target} from its own layer "
+                          f"L{LAYERS[module]} (list it in SAME_LAYER if deliberate)")
+    assert not upward, "\n".join(upward)
+
+
+def test_same_layer_list_is_current() -> None:
+    """An allowance nobody uses any more is removed, so the list stays the truth."""
+    used = {(module, target) for module in LAYERS if module in modules()
+            for target, _ in internal(module)}
+    assert used >= SAME_LAYER, sorted(SAME_LAYER - used)
+
+
+@pytest.mark.parametrize("library", sorted(OWNERS))
+def test_library_ownership(library: str) -> None:
+    users = {
+        module for module in modules()
+        for target, _ in imports(module)
+        if target == library or target.startswith(library + ".")
+    }
+    assert users <= OWNERS[library], (
+        f"{library} imported outside its owners: {sorted(users - OWNERS[library])}")
+
+
+def test_the_checker_sees_what_it_must() -> None:
+    """Guard the guard: each kind of import the tests rely on is recognised."""
+    assert "yaml" in {target for target, _ in imports("loader")}
+    assert {"config", "errors"} <= {target for target, _ in internal("authorizer")}
+    assert "__init__" in {target for target, _ in internal("metrics")}  # from . import x
+    assert {"demo", "explain", "serve"} <= {t for t, _ in internal("cli")}  # in functions
+    assert any(t == "aiohttp.web" for t, _ in imports("app"))  # from aiohttp import web
