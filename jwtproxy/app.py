@@ -4,6 +4,7 @@ becomes an HTTP response."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import re
@@ -73,6 +74,7 @@ class ProxyApp:
         self.key_session: aiohttp.ClientSession | None = None
         self.state: State | None = None
         self.initial_config = config
+        self.request_ids = RequestIds()
 
     async def start(self) -> None:
         self.key_session = aiohttp.ClientSession(
@@ -131,8 +133,8 @@ class ProxyApp:
         assert state is not None
         raw_path, sep, raw_query = request.raw_path.partition("?")
         request_id = request.headers.get("X-Request-Id", "")
-        if not REQUEST_ID_PATTERN.fullmatch(request_id):
-            request_id = uuid.uuid4().hex
+        if not request_id or not REQUEST_ID_PATTERN.fullmatch(request_id):
+            request_id = self.request_ids()
         view = RequestView(request.method, request.host, raw_path, raw_query, request.headers)
         timing = UpstreamTiming()
         decision: Decision | None = None
@@ -158,10 +160,7 @@ class ProxyApp:
         status = response.status
         route_name = decision.route.route.name if decision and decision.route else NO_ROUTE
         elapsed = time.perf_counter() - started
-        self.metrics.requests.labels(route_name, str(status)).inc()
-        self.metrics.request_duration.labels(route_name).observe(elapsed)
-        if timing.seconds is not None:
-            self.metrics.upstream_duration.labels(route_name).observe(timing.seconds)
+        self.metrics.observe_request(route_name, status, elapsed, timing.seconds)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("request", extra=_access_fields(
                 request, route_name, status, elapsed, timing, decision, request_id))
@@ -172,12 +171,20 @@ class ProxyApp:
     def _record_auth(self, decision: Decision) -> None:
         if decision.auth_reason is None or decision.route is None:
             return
-        self.metrics.auth.labels(
-            decision.route.route.name, decision.issuer or NO_ISSUER,
-            "denied" if decision.auth_denied else "allowed", decision.auth_reason,
-        ).inc()
-        if decision.cache_hit is not None:
-            self.metrics.token_cache.labels("hit" if decision.cache_hit else "miss").inc()
+        self.metrics.observe_auth(decision.route.route.name, decision.issuer or NO_ISSUER,
+                                  decision.auth_denied, decision.auth_reason, decision.cache_hit)
+
+
+class RequestIds:
+    """Unique ids without a random draw per request: a random 16-hex-digit process
+    prefix and a counter (32 hex digits in all, like a uuid4 hex)."""
+
+    def __init__(self) -> None:
+        self.prefix = uuid.uuid4().hex[:16]
+        self.counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
 
 
 def _is_websocket(request: web.BaseRequest) -> bool:

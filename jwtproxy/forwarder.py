@@ -135,17 +135,14 @@ class Forwarder:
             except UpstreamError as err:
                 log.warning("upstream_error", extra={"route": route.name, "error": str(err)})
                 raise UpstreamUnavailable("upstream unavailable") from None
-            conn._reset_exchange(head_only=request.method == "HEAD")
+            conn.begin(head_only=request.method == "HEAD")
             try:
                 await conn.write(head)
                 if has_body:
                     await _send_body(conn, request, chunked)
                 conn.sent_whole_request = True
-                await asyncio.wait_for(asyncio.shield(conn.head_done), route.read_timeout)
+                await conn.wait_head(route.read_timeout)
                 return conn
-            except TimeoutError:
-                self.pool.discard(conn)
-                raise UpstreamTimeout("upstream timed out") from None
             except UpstreamTimedOut:
                 self.pool.discard(conn)
                 raise UpstreamTimeout("upstream timed out") from None

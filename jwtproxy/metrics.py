@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import (
     CollectorRegistry,
@@ -37,6 +37,7 @@ def multiprocess_enabled() -> bool:
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # every worker holds the same keys: the merged figure is one worker's, not a sum
         live: Final = "livemax" if multiprocess_enabled() else "all"
         reg = self.registry
@@ -68,6 +69,30 @@ class Metrics:
             self.token_cache.labels(result)
         for result in ("ok", "error"):
             self.config_reloads.labels(result)
+
+    def observe_request(
+        self, route: str, code: int, seconds: float, upstream_seconds: float | None
+    ) -> None:
+        self._child(self.requests, route, str(code)).inc()
+        self._child(self.request_duration, route).observe(seconds)
+        if upstream_seconds is not None:
+            self._child(self.upstream_duration, route).observe(upstream_seconds)
+
+    def observe_auth(
+        self, route: str, issuer: str, denied: bool, reason: str, cache_hit: bool | None
+    ) -> None:
+        self._child(self.auth, route, issuer, "denied" if denied else "allowed", reason).inc()
+        if cache_hit is not None:
+            self._child(self.token_cache, "hit" if cache_hit else "miss").inc()
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, memoised: label lookups cost more than the increment.
+        Label values are config names and fixed enums, so this stays small."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def jwks_refreshed(self, issuer: str, ok: bool, key_count: int | None) -> None:
         self.jwks_refresh.labels(issuer, "ok" if ok else "error").inc()

@@ -41,11 +41,16 @@ class Connection(asyncio.Protocol):
         self.error: Exception | None = None
         self._can_write = asyncio.Event()
         self._can_write.set()
-        self._reset_exchange(head_only=False)
+        self.parser: httptools.HttpResponseParser | None = None
+        self.head_only = False
+        self.begin(head_only=False)
 
-    def _reset_exchange(self, head_only: bool) -> None:
-        # A fresh parser per exchange: llhttp cannot be told that a HEAD response has no body.
-        self.parser = httptools.HttpResponseParser(self)
+    def begin(self, head_only: bool) -> None:
+        """Ready the connection for the next exchange."""
+        if self.parser is None or self.head_only:
+            # llhttp cannot be told that a HEAD response has no body: after a HEAD exchange
+            # the parser is replaced; otherwise it simply goes on to the next message.
+            self.parser = httptools.HttpResponseParser(self)
         self.head_only = head_only
         self.status = 0
         self.reason = b""
@@ -65,6 +70,7 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        assert self.parser is not None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as err:
@@ -74,7 +80,8 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         with contextlib.suppress(httptools.HttpParserError):
-            self.parser.feed_data(b"")  # completes a close-delimited body
+            if self.parser is not None:
+                self.parser.feed_data(b"")  # completes a close-delimited body
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -98,6 +105,7 @@ class Connection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        assert self.parser is not None
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self.headers = []  # interim response (RFC 9110 §15.2): wait for the final one
@@ -152,6 +160,22 @@ class Connection(asyncio.Protocol):
         if not self._can_write.is_set():
             await self._can_write.wait()
 
+    async def wait_head(self, timeout: float) -> None:
+        """Until the final response head has arrived; UpstreamTimedOut after `timeout`."""
+        if not self.head_done.done():
+            timer = self.loop.call_later(timeout, self._time_out, self.head_done)
+            try:
+                await self.head_done
+            finally:
+                timer.cancel()
+        else:
+            self.head_done.result()
+
+    @staticmethod
+    def _time_out(waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(UpstreamTimedOut("upstream timed out"))
+
     async def body_chunks(self, read_timeout: float) -> AsyncIterator[bytes]:
         """The response body as it arrives; raises UpstreamError if it ends early."""
         while True:
@@ -167,12 +191,12 @@ class Connection(asyncio.Protocol):
                 return
             if self.error is not None:
                 raise self.error
-            self.body_waiter = self.loop.create_future()
+            self.body_waiter = waiter = self.loop.create_future()
+            timer = self.loop.call_later(read_timeout, self._time_out, waiter)
             try:
-                await asyncio.wait_for(self.body_waiter, read_timeout)
-            except TimeoutError:
-                raise UpstreamTimedOut("upstream body timed out") from None
+                await waiter
             finally:
+                timer.cancel()
                 self.body_waiter = None
 
     def take_body(self) -> bytes:
@@ -215,7 +239,6 @@ class UpstreamPool:
         if conn.reusable:
             idle = self.idle.setdefault(conn.key, [])
             if len(idle) < MAX_IDLE_PER_UPSTREAM:
-                conn._reset_exchange(head_only=False)
                 idle.append(conn)
                 return
         if conn.transport is not None:

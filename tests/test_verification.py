@@ -169,7 +169,7 @@ async def test_cache_never_outlives_exp_and_drops_removed_keys(keys: KeyRing) ->
     issuer = Issuer(name="main", issuer=ISSUER, audiences=(AUDIENCE,), leeway=0,
                     algorithms=("RS256",))
     verifier = Verifier({"main": issuer}, {"main": store}, wall_clock=clock)
-    token = mint(keys.rsa, claims(exp=int(clock.now) + 10))
+    token = mint(keys.rsa, claims(exp=int(clock.now) + 10, iat=int(clock.now) - 1))
     assert not (await verifier.verify(token, ("main",))).cache_hit
     assert (await verifier.verify(token, ("main",))).cache_hit
     clock.now += 11
@@ -177,7 +177,7 @@ async def test_cache_never_outlives_exp_and_drops_removed_keys(keys: KeyRing) ->
         await verifier.verify(token, ("main",))
     assert len(verifier.cache) == 0  # evicted at exp, not just refused
     # a key that leaves the JWKS takes its cached tokens with it
-    fresh = mint(keys.rsa, claims(exp=int(clock.now) + 100))
+    fresh = mint(keys.rsa, claims(exp=int(clock.now) + 100, iat=int(clock.now) - 1))
     await verifier.verify(fresh, ("main",))
     assert (await verifier.verify(fresh, ("main",))).cache_hit
     store.key_set = KeySet(tuple(k for k in key_set.keys if k.kid != "rsa-1"))
