@@ -22,6 +22,9 @@ MAX_IDLE_PER_UPSTREAM: Final = 256
 REQUEST_CHUNK: Final = 64 * 1024
 
 
+PoolKey = tuple[str, int, ssl.SSLContext | None]
+
+
 class UpstreamError(Exception):
     """Refused, reset or unparsable: before any response byte this becomes 502."""
 
@@ -33,7 +36,7 @@ class UpstreamTimedOut(UpstreamError):
 class Connection(asyncio.Protocol):
     """One upstream connection; one exchange at a time."""
 
-    def __init__(self, key: tuple[str, int, bool], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, key: PoolKey, loop: asyncio.AbstractEventLoop) -> None:
         self.key = key
         self.loop = loop
         self.transport: asyncio.Transport | None = None
@@ -208,16 +211,16 @@ class Connection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Idle keep-alive connections per upstream (host, port, tls)."""
+    """Idle keep-alive connections per upstream (host, port, TLS context)."""
 
     def __init__(self) -> None:
-        self.idle: dict[tuple[str, int, bool], list[Connection]] = {}
+        self.idle: dict[PoolKey, list[Connection]] = {}
 
     async def connect(
         self, host: str, port: int, tls: ssl.SSLContext | None, connect_timeout: float
     ) -> tuple[Connection, bool]:
         """A connection, and whether it was reused from the pool."""
-        key = (host, port, tls is not None)
+        key = (host, port, tls)  # the TLS context too: a route's trust is its own
         idle = self.idle.get(key)
         while idle:
             conn = idle.pop()

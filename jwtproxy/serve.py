@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from pathlib import Path
 from typing import Final
 
@@ -33,6 +34,7 @@ async def serve(config_path: Path, config: Config, watch: bool = False) -> None:
     admin_runner = web.AppRunner(admin_app(proxy), access_log=None, shutdown_timeout=1.0)
     await proxy_runner.setup()
     await admin_runner.setup()
+    tls_context = server_ssl_context(config)
     stop = asyncio.Event()
     reloading = asyncio.Lock()
     loop = asyncio.get_running_loop()
@@ -50,6 +52,14 @@ async def serve(config_path: Path, config: Config, watch: bool = False) -> None:
                     proxy.state and new.admin != proxy.state.config.admin):
                 log.warning("config_reload_partial", extra={
                     "detail": "server and admin settings take effect on restart"})
+            if tls_context is not None and new.server.tls is not None:
+                try:  # new handshakes use the re-read certificate; the listener stays
+                    tls_context.load_cert_chain(new.server.tls.cert_file, new.server.tls.key_file)
+                except (OSError, ssl.SSLError) as err:
+                    metrics.config_reloads.labels("error").inc()
+                    log.error("config_reload_refused", extra={
+                        "reason": reason, "problems": [f"server.tls: {err}"]})
+                    return
             await proxy.reload(new)
             metrics.config_reloads.labels("ok").inc()
             log.info("config_reloaded", extra={"reason": reason, "routes": len(new.routes)})
@@ -61,7 +71,7 @@ async def serve(config_path: Path, config: Config, watch: bool = False) -> None:
     try:
         listen, admin = config.server.listen, config.admin.listen
         await web.TCPSite(proxy_runner, listen.host, listen.port,
-                          ssl_context=server_ssl_context(config),
+                          ssl_context=tls_context,
                           reuse_port=reuse_port, backlog=1024).start()
         await web.TCPSite(admin_runner, admin.host, admin.port, reuse_port=reuse_port).start()
         log.info("listening", extra={"proxy": str(listen), "admin": str(admin),
