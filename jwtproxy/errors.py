@@ -20,6 +20,7 @@ class JwtProxyError(Exception):
         super().__init__(description or self.reason)
         self.description = description or self.reason.replace("_", " ")
         self.issuer: str | None = None  # the config issuer that was verifying, if known
+        self.cache_hit: bool | None = None  # whether the verified-token cache answered
 
 
 class NotFound(JwtProxyError):

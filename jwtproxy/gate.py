@@ -131,6 +131,8 @@ class Gate:
             _note(steps, err.reason, False, err.description)
             decision.auth_reason, decision.auth_denied = err.reason, True
             decision.issuer = err.issuer or decision.issuer
+            if err.cache_hit is not None:
+                decision.cache_hit = err.cache_hit
             if auth.mode != "report_only":
                 decision.error = err
             return decision

@@ -316,9 +316,20 @@ class Verifier:
                 try:
                     self.check_time(cached.claims, issuer)
                 except JwtProxyError as err:
-                    err.issuer = issuer.name
+                    err.issuer, err.cache_hit = issuer.name, True
                     raise
                 return Verified(cached.issuer, cached.claims, cached.key, cache_hit=True)
+        try:
+            verified = await self._verify_uncached(token, allowed, trace)
+        except JwtProxyError as err:
+            err.cache_hit = False
+            raise
+        self.cache[digest] = verified
+        return verified
+
+    async def _verify_uncached(
+        self, token: str, allowed: tuple[str, ...], trace: Trace | None
+    ) -> Verified:
         parsed = parse(token)
         if trace is not None:
             header = parsed.header
@@ -328,12 +339,10 @@ class Verifier:
         if trace is not None:
             trace.append(Step("issuer", True, f"iss {issuer.issuer} -> issuer {issuer.name}"))
         try:
-            verified = await self._verify_for(parsed, issuer, trace)
+            return await self._verify_for(parsed, issuer, trace)
         except JwtProxyError as err:
             err.issuer = issuer.name
             raise
-        self.cache[digest] = verified
-        return verified
 
     async def _verify_for(self, parsed: _Parsed, issuer: Issuer, trace: Trace | None) -> Verified:
         key = await self.select_key(parsed.header, issuer)
