@@ -1,8 +1,8 @@
 """Route table: compiled once, first match in file order wins.
 
 Paths are matched after percent-decoding, slash merging and dot-segment removal (RFC 3986
-§5.2.4), so `/public/../admin` and `//admin` are matched as `/admin`. Lookups cost the number of path segments,
-not the number of routes.
+§5.2.4), so `/public/../admin` and `//admin` are matched as `/admin`. Lookups cost the
+number of path segments, not the number of routes.
 """
 
 from __future__ import annotations
