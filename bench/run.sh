@@ -4,7 +4,8 @@
 #   bench/run.sh            full run: installs what is missing (apt), starts on 127.0.0.1
 #                           the upstream (nginx), nginx plain proxy, HAProxy jwt_verify,
 #                           Apache + mod_auth_openidc and jwtproxy, checks each with
-#                           curl, drives each with wrk, prints a markdown table (~8 min)
+#                           curl, drives each with wrk, prints a markdown table (~6 min;
+#                           ~10 min with PACED)
 #   bench/run.sh --stop     stop what an earlier KEEP_RUNNING=1 run left running
 #   bench/run.sh --smoke    (or SMOKE=1) ~3 s per path against a Python upstream +
 #                           jwtproxy only; no apt; wrk if present, else a bounded Python

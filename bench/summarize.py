@@ -76,6 +76,14 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a is not None and b else "-"
 
 
+def status(c: dict[str, Any]) -> str:
+    """HTTP statuses as expected; for a paced run also whether the rate was reached."""
+    text = "ok" if c["status_ok"] else "MISMATCH"
+    if "target_rps" in c and c["rps"] < 0.95 * c["target_rps"]:
+        text += f", {100 * c['rps'] / c['target_rps']:.0f}% of rate"
+    return text
+
+
 def tables(cells: dict[tuple[str, str, str], dict[str, Any]], ref: str, subject: str) -> tuple[str, list]:
     lines = []
     lines.append("| system | path | mode | rps (median) | each run, k rps | spread | x " + ref +
@@ -94,7 +102,7 @@ def tables(cells: dict[tuple[str, str, str], dict[str, Any]], ref: str, subject:
             f"{100 * c['spread']:.0f}% | {ratio(c['rps'], refc.get('rps'))} | {c['p50_ms']:.2f} | "
             f"{c['p99_ms']:.2f} | {c['us_per_req']:.0f} | {c['cores']:.2f} | {c['rss_mb']:.0f} | "
             f"{'-' if hit is None else f'{100 * hit:.0f}%'} | {c['other_cores']:.2f} | "
-            f"{'ok' if c['status_ok'] else 'MISMATCH'} |")
+            f"{status(c)} |")
 
     vs = []
     for key in ordered(cells):
