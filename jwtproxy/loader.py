@@ -51,9 +51,13 @@ DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 HEADER_NAME: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2 token
 HOST_LABEL: Final = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
 HOST_NAME: Final = re.compile(rf"{HOST_LABEL}(\.{HOST_LABEL})*")
-HOP_BY_HOP: Final = frozenset(
+# Claim headers are stripped from every request on every route, then set: none of these
+# may be one (hop-by-hop and framing fields, credentials, what the proxy itself sets).
+NOT_FOR_CLAIMS: Final = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-     "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
+     "trailer", "transfer-encoding", "upgrade", "host", "content-length", "proxy-connection",
+     "content-type", "content-encoding", "expect", "authorization", "cookie",
+     "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-request-id"}
 )
 METHODS: Final = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
@@ -181,6 +185,7 @@ class _Checker:
         self.lines = lines
         self.base_dir = base_dir
         self.problems: list[str] = []
+        self.token_headers: frozenset[str] = frozenset()
 
     def problem(self, path: str, message: str) -> None:
         line = None
@@ -288,8 +293,11 @@ class _Checker:
         if name is not None and not HEADER_NAME.match(name):
             self.problem(path, f"not a valid header name: {name!r}")
             return None
-        if name is not None and name.lower() in HOP_BY_HOP:
-            self.problem(path, f"{name} cannot carry claims")
+        if name is not None and (
+            _header_key(name) in NOT_FOR_CLAIMS | self.token_headers
+        ):
+            self.problem(path, f"{name} cannot carry claims (it would be stripped from "
+                         "every request)")
             return None
         return name
 
@@ -520,6 +528,8 @@ class _Checker:
                 self.problem(f"{path}.{kind}", f"duplicate token source {kind} {checked!r}")
                 continue
             out.append(source)
+        self.token_headers = frozenset(
+            _header_key(source.name) for source in out if source.kind == "header")
         return tuple(out)
 
     def token_name(self, path: str, value: Any) -> str | None:
@@ -663,6 +673,11 @@ class _Checker:
             kwargs["authorization"] = self.choice(
                 f"{path}.authorization", raw["authorization"], ("keep", "strip"))
         return _build(Forward, kwargs)
+
+
+def _header_key(name: str) -> str:
+    """As `headers.normalized_name`: the stripping is `_`/`-` and case-insensitive."""
+    return name.lower().replace("_", "-")
 
 
 def _same_name(source: TokenSource, name: str) -> bool:
