@@ -141,7 +141,8 @@ ONE_PROBLEM: list[tuple[str, str, str, str | None]] = [
     ("claim header name", cfg(route="forward: {claims: {sub: X Auth}}\n"),
      "routes[0].forward.claims.sub: not a valid header name: 'X Auth'", "forward"),
     ("claim header hop", cfg(route="forward: {claims: {sub: Connection}}\n"),
-     "routes[0].forward.claims.sub: Connection cannot carry claims", "forward"),
+     "routes[0].forward.claims.sub: Connection cannot carry claims (it would be stripped "
+     "from every request)", "forward"),
     ("payload header", cfg(route="forward: {payload_header: 'a:b'}\n"),
      "routes[0].forward.payload_header: not a valid header name: 'a:b'", "forward"),
     ("forward claims list", cfg(route="forward: {claims: [sub]}\n"),
@@ -597,6 +598,28 @@ def test_merge_keys_work() -> None:
 
 
 # -- auth, routes, tokens --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("header", [
+    "Authorization", "authorization", "Cookie", "X-Forwarded-For", "x_forwarded_proto",
+    "Forwarded", "X-Request-Id", "Host", "Content-Length", "Transfer-Encoding", "Upgrade",
+])
+def test_headers_that_cannot_carry_claims(header: str) -> None:
+    for forward in (f"forward: {{claims: {{sub: {header}}}}}\n",
+                    f"forward: {{payload_header: {header}}}\n"):
+        text = cfg(route=forward)
+        (problem,) = problems(text)
+        assert problem.endswith(f"{header} cannot carry claims (it would be stripped from "
+                                f"every request) (line {line_of(text, 'forward')})")
+
+
+def test_token_header_cannot_carry_claims() -> None:
+    text = cfg(route="forward: {claims: {sub: X_Token}}\n", top="tokens: [{header: X-Token}]\n")
+    assert problems(text) == [
+        f"routes[0].forward.claims.sub: X_Token cannot carry claims (it would be stripped "
+        f"from every request) (line {line_of(text, 'forward')})"]
+    assert load(cfg(route="forward: {claims: {sub: X-Token}}\n")).routes[0].forward.claims \
+        == (("sub", "X-Token"),)
+
 
 def test_auth_none_and_default_auth() -> None:
     text = cfg(issuer="", more_routes="""\
