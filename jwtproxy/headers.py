@@ -124,7 +124,9 @@ class HeaderPlan:
         out["X-Forwarded-For"] = f"{prior_for}, {peer}" if prior_for else peer
         out["X-Forwarded-Proto"] = (
             incoming.get("X-Forwarded-Proto", scheme) if trusted else scheme)
-        out["X-Forwarded-Host"] = incoming.get("X-Forwarded-Host", host) if trusted else host
+        forwarded_host = incoming.get("X-Forwarded-Host", host) if trusted else host
+        if forwarded_host:  # an empty one reads as an empty host to frameworks trusting it
+            out["X-Forwarded-Host"] = forwarded_host
         node = f'"[{peer}]"' if ":" in peer else peer
         quoted_host = host.replace("\\", "\\\\").replace('"', '\\"')  # RFC 9110 §5.6.4
         element = f"for={node};proto={scheme}" + (f';host="{quoted_host}"' if host else "")
