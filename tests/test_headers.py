@@ -227,3 +227,11 @@ def test_trusted_proxies(networks: tuple[str, ...], peer: str | None, inside: bo
 
 def test_normalized_name() -> None:
     assert normalized_name("X_Auth-SUBJECT") == "x-auth-subject"
+
+
+def test_no_host_no_x_forwarded_host() -> None:
+    out = rewrite([])
+    assert "X-Forwarded-Host" not in out
+    assert out["Forwarded"] == "for=203.0.113.7;proto=http"
+    out = rewrite([("Host", ""), ("X-Forwarded-Host", "evil.test")])
+    assert "X-Forwarded-Host" not in out
