@@ -114,7 +114,9 @@ class Gate:
             token = self.extractor.extract(view.headers, view.query_string)
         except JwtProxyError as err:
             _note(steps, "token", False, err.description)
-            decision.error, decision.auth_reason, decision.auth_denied = err, err.reason, True
+            decision.auth_reason, decision.auth_denied = err.reason, True
+            if auth.mode != "report_only":
+                decision.error = err
             return decision
         if token is None:
             _note(steps, "token", auth.mode != "required", f"no token (mode {auth.mode})")

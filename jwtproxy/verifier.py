@@ -214,11 +214,11 @@ def parse(token: str) -> _Parsed:
         raise Malformed("encrypted tokens (JWE) are not accepted")
     if "cty" in header:
         raise Malformed("nested tokens (cty) are not accepted")
-    kid = header.get("kid")
-    if kid is not None and (not isinstance(kid, str) or len(kid) > MAX_KID_LENGTH):
+    if "kid" in header and not (
+        isinstance(header["kid"], str) and len(header["kid"]) <= MAX_KID_LENGTH
+    ):
         raise Malformed("header kid is not a short string")
-    typ = header.get("typ")
-    if typ is not None and not isinstance(typ, str):
+    if "typ" in header and not isinstance(header["typ"], str):
         raise Malformed("header typ is not a string")
     _check_claim_types(claims)
     signing_input = token[: len(parts[0]) + 1 + len(parts[1])].encode("ascii")
@@ -295,12 +295,15 @@ class Verifier:
     def _cache_until(self, _key: bytes, value: Verified, now: float) -> float:
         return float(value.claims["exp"]) + self.issuers[value.issuer].leeway
 
-    def choose_issuer(self, iss: str, allowed: Iterable[str]) -> Issuer:
-        """RFC 8725 §3.8: the unverified iss only picks which issuer verifies strictly."""
-        for issuer in self.by_iss.get(iss, ()):
-            if issuer.name in allowed:
-                return issuer
-        raise WrongIssuer("token issuer is not accepted on this route")
+    def choose_issuers(self, iss: str, allowed: tuple[str, ...]) -> list[Issuer]:
+        """RFC 8725 §3.8: the unverified iss only picks which issuers verify strictly: the
+        route's issuers with that iss, in the route's order (e.g. one Cognito pool
+        configured twice, for ID and for access tokens)."""
+        found = [issuer for issuer in self.by_iss.get(iss, ()) if issuer.name in allowed]
+        if not found:
+            raise WrongIssuer("token issuer is not accepted on this route")
+        found.sort(key=lambda issuer: allowed.index(issuer.name))
+        return found
 
     async def verify(
         self, token: str, allowed: tuple[str, ...], trace: Trace | None = None
@@ -335,14 +338,17 @@ class Verifier:
             header = parsed.header
             trace.append(Step("structure", True, f"alg={header['alg']} kid={header.get('kid')} "
                               f"typ={header.get('typ')}"))
-        issuer = self.choose_issuer(parsed.claims["iss"], allowed)
-        if trace is not None:
-            trace.append(Step("issuer", True, f"iss {issuer.issuer} -> issuer {issuer.name}"))
-        try:
-            return await self._verify_for(parsed, issuer, trace)
-        except JwtProxyError as err:
-            err.issuer = issuer.name
-            raise
+        first_error: JwtProxyError | None = None
+        for issuer in self.choose_issuers(parsed.claims["iss"], allowed):
+            if trace is not None:
+                trace.append(Step("issuer", True, f"iss {issuer.issuer} -> issuer {issuer.name}"))
+            try:
+                return await self._verify_for(parsed, issuer, trace)
+            except JwtProxyError as err:
+                err.issuer = issuer.name
+                first_error = first_error or err
+        assert first_error is not None
+        raise first_error
 
     async def _verify_for(self, parsed: _Parsed, issuer: Issuer, trace: Trace | None) -> Verified:
         key = await self.select_key(parsed.header, issuer)

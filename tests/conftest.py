@@ -39,7 +39,7 @@ async def jwks(keys: KeyRing, aiohttp_server: Any) -> AsyncIterator[tuple[JwksEn
 @pytest.fixture
 async def upstream(aiohttp_raw_server: Any) -> tuple[EchoUpstream, str]:
     echo = EchoUpstream()
-    server = await aiohttp_raw_server(echo.handle, auto_decompress=False)
+    server = await aiohttp_raw_server(echo.handle, auto_decompress=False, max_field_size=65536)
     return echo, f"http://127.0.0.1:{server.port}"
 
 

@@ -183,3 +183,41 @@ async def test_cache_never_outlives_exp_and_drops_removed_keys(keys: KeyRing) ->
     store.key_set = KeySet(tuple(k for k in key_set.keys if k.kid != "rsa-1"))
     with pytest.raises(UnknownKid):
         await verifier.verify(fresh, ("main",))
+
+
+async def test_same_iss_configured_twice_tries_each_issuer_of_the_route(
+    make_proxy: ProxyFactory, jwks: tuple[JwksEndpoint, str],
+    upstream: tuple[EchoUpstream, str], keys: KeyRing,
+) -> None:
+    config = base_config(jwks[1], upstream[1])
+    main = config["issuers"].pop("main")
+    config["issuers"]["access"] = {**main, "token_use": "access"}
+    config["issuers"]["id"] = {**main, "token_use": "id"}
+    config["routes"][2]["auth"] = {"issuers": ["access", "id"]}
+    proxy = await make_proxy(config)
+    for use in ("access", "id"):
+        token = mint(keys.rsa, claims(token_use=use))
+        resp = await proxy.client.get("/x", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status == 200, use
+    refresh = mint(keys.rsa, claims(token_use="refresh"))
+    resp = await proxy.client.get("/x", headers={"Authorization": f"Bearer {refresh}"})
+    assert resp.status == 401
+    assert await proxy.metric("jwtproxy_auth_total", issuer="access", reason="token_use") == 1
+    assert await proxy.metric("jwtproxy_auth_total", issuer="id", result="allowed") == 1
+
+
+async def test_report_only_never_denies_even_ambiguous_credentials(
+    make_proxy: ProxyFactory, jwks: tuple[JwksEndpoint, str],
+    upstream: tuple[EchoUpstream, str], keys: KeyRing,
+) -> None:
+    config = base_config(jwks[1], upstream[1])
+    config["routes"][2]["auth"] = {"mode": "report_only"}
+    proxy = await make_proxy(config)
+    token = mint(keys.rsa, claims())
+    twice = [("Authorization", f"Bearer {token}")] * 2
+    assert (await proxy.client.get("/x", headers=twice)).status == 200
+    huge = {"Authorization": "Bearer " + "a" * 9000}
+    assert (await proxy.client.get("/x", headers=huge)).status == 200
+    assert (await proxy.client.get("/x", headers={"Authorization": "Bearer x.y.z"})).status == 200
+    assert upstream[0].received[-1].header("X-Auth-Subject") is None  # nothing verified
+    assert await proxy.metric("jwtproxy_auth_total", route="api", result="denied") == 3
