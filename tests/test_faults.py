@@ -591,6 +591,50 @@ async def test_close_delimited_response_body_arrives_whole(
     assert resp.status == 200 and await resp.read() == blob
 
 
+async def test_streamed_responses_carry_the_request_id_too(
+    make_proxy: ProxyFactory, jwks: Jwks, scripted: ScriptedFactory
+) -> None:
+    """A response relayed as it arrives gets the same X-Request-Id as a buffered one."""
+
+    async def slow_body(turn: Turn) -> bool:
+        body = b"x" * 200_000
+        await turn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        await asyncio.sleep(0.05)  # fault injection: the body comes after the head
+        await turn.send(body)
+        return True
+
+    upstream = await scripted(slow_body)
+    proxy = await proxy_to(make_proxy, jwks, upstream)
+    resp = await proxy.client.get("/public/x", headers={"X-Request-Id": "stream-1"})
+    assert resp.status == 200 and len(await resp.read()) == 200_000
+    assert resp.headers.get("X-Request-Id") == "stream-1"
+    assert upstream.requests[0].headers.count(("X-Request-Id", "stream-1")) == 1
+
+
+async def test_a_response_without_content_type_is_not_given_one(
+    make_proxy: ProxyFactory, jwks: Jwks, scripted: ScriptedFactory
+) -> None:
+    """RFC 9110 §8.3: without Content-Type the recipient may sniff or assume
+    application/octet-stream; a proxy that adds one changes what the origin said."""
+
+    async def untyped(turn: Turn) -> bool:
+        if turn.request.target == "/public/streamed":
+            await turn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n")
+            await asyncio.sleep(0.05)  # fault injection: the body comes after the head
+            await turn.send(b"x" * 200_000)
+        else:
+            await turn.send(ok(b"<p>hi</p>"))
+        return True
+
+    upstream = await scripted(untyped)
+    proxy = await proxy_to(make_proxy, jwks, upstream)
+    for path in ("/public/buffered", "/public/streamed"):
+        resp = await proxy.client.get(path)
+        assert resp.status == 200
+        await resp.read()
+        assert "Content-Type" not in resp.headers, (path, resp.headers["Content-Type"])
+
+
 @pytest.mark.parametrize("split", [True, False], ids=["separate-packets", "one-packet"])
 async def test_interim_responses_before_the_final_one(
     make_proxy: ProxyFactory, jwks: Jwks, scripted: ScriptedFactory, split: bool
