@@ -157,7 +157,7 @@ class Forwarder:
     async def _relay(
         self, request: web.BaseRequest, route: Route, conn: Connection
     ) -> web.StreamResponse:
-        headers = _response_headers(conn.headers)
+        headers = response_headers(conn.headers)
         reason = conn.reason.decode("latin-1") or None
         bodyless = request.method == "HEAD" or conn.status in (204, 304)
         if conn.complete and not bodyless:
@@ -251,12 +251,6 @@ async def _send_body(conn: Connection, request: web.BaseRequest, chunked: bool) 
         raise UpstreamError(f"client body: {err}") from None
     if chunked:
         await conn.write(b"0\r\n\r\n")
-
-
-def _response_headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
-    decoded: CIMultiDict[str] = CIMultiDict(
-        (name.decode("latin-1"), value.decode("utf-8", "replace")) for name, value in raw)
-    return response_headers(decoded)
 
 
 def _content_length(raw: list[tuple[bytes, bytes]]) -> int | None:

@@ -23,7 +23,8 @@ HOP_BY_HOP: Final = frozenset({
 })
 REQUEST_ONLY_DROPPED: Final = frozenset({"expect", "x-forwarded-proto", "x-forwarded-host",
                                          "x-forwarded-for", "forwarded", "x-request-id"})
-RESPONSE_DROPPED: Final = HOP_BY_HOP | {"content-length"}
+RESPONSE_DROPPED_RAW: Final = frozenset(
+    name.encode() for name in HOP_BY_HOP | {"content-length"})
 REQUEST_ID: Final = "X-Request-Id"
 
 
@@ -53,7 +54,7 @@ def claim_header_value(value: Any) -> str | None:
     return text
 
 
-def _connection_tokens(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> set[str]:
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
     tokens: set[str] = set()
     for value in headers.getall("Connection", []):
         tokens.update(normalized_name(token.strip()) for token in value.split(","))
@@ -134,7 +135,14 @@ class HeaderPlan:
         out["Forwarded"] = f"{prior}, {element}" if prior else element
 
 
-def response_headers(upstream: CIMultiDict[str] | CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    dropped = RESPONSE_DROPPED | _connection_tokens(upstream)
-    return CIMultiDict(
-        (name, value) for name, value in upstream.items() if name.lower() not in dropped)
+def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """The upstream's response headers as sent on: hop-by-hop ones (and any named in its
+    `Connection`) and Content-Length (the framing to the client is ours) dropped."""
+    dropped = RESPONSE_DROPPED_RAW
+    for name, value in raw:
+        if name.lower() == b"connection":
+            dropped = dropped | {token.strip().lower() for token in value.split(b",")}
+    return [
+        (name.decode("latin-1"), value.decode("utf-8", "replace"))
+        for name, value in raw if name.lower() not in dropped
+    ]

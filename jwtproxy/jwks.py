@@ -12,7 +12,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -53,12 +53,17 @@ class VerifyKey:
 @dataclass(frozen=True, slots=True)
 class KeySet:
     keys: tuple[VerifyKey, ...]
+    _ids: frozenset[int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_ids", frozenset(id(key) for key in self.keys))
 
     def by_kid(self, kid: str) -> list[VerifyKey]:
         return [key for key in self.keys if key.kid == kid]
 
     def __contains__(self, key: object) -> bool:
-        return any(key is own for own in self.keys)
+        """Identity, not equality: the very key object this set was built with."""
+        return id(key) in self._ids
 
 
 def parse_jwks(document: bytes) -> tuple[KeySet, list[str]]:
