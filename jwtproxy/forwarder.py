@@ -12,7 +12,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
@@ -21,7 +21,7 @@ from yarl import URL
 
 from .config import Route
 from .errors import UpstreamTimeout, UpstreamUnavailable
-from .headers import response_headers
+from .headers import REQUEST_ID, response_headers
 from .pool import Connection, UpstreamError, UpstreamPool, UpstreamTimedOut
 
 log = logging.getLogger("jwtproxy.forwarder")
@@ -115,7 +115,7 @@ class Forwarder:
         conn = await self._send(request, route, target, head, has_body, chunked)
         timing.seconds = time.perf_counter() - started
         try:
-            return await self._relay(request, route, conn)
+            return await self._relay(request, route, conn, headers[REQUEST_ID])
         finally:
             self.pool.release(conn)
 
@@ -155,15 +155,17 @@ class Forwarder:
         raise AssertionError("unreachable")
 
     async def _relay(
-        self, request: web.BaseRequest, route: Route, conn: Connection
+        self, request: web.BaseRequest, route: Route, conn: Connection, request_id: str
     ) -> web.StreamResponse:
         headers = response_headers(conn.headers)
+        if not any(name.lower() == "x-request-id" for name, _ in headers):
+            headers.append((REQUEST_ID, request_id))
         reason = conn.reason.decode("latin-1") or None
         bodyless = request.method == "HEAD" or conn.status in (204, 304)
         if conn.complete and not bodyless:
-            return web.Response(status=conn.status, reason=reason, headers=headers,
-                                body=conn.take_body())
-        response = web.StreamResponse(status=conn.status, reason=reason, headers=headers)
+            return RelayedResponse(status=conn.status, reason=reason, headers=headers,
+                                   body=conn.take_body())
+        response = RelayedStream(status=conn.status, reason=reason, headers=headers)
         length = _content_length(conn.headers)
         if length is not None and conn.status not in (204, 304):
             response.content_length = length
@@ -231,6 +233,31 @@ async def _pump(
             await sink.pong(message.data)
     if not sink.closed:
         await sink.close(code=source.close_code or aiohttp.WSCloseCode.OK)
+
+
+class _Verbatim(web.StreamResponse):
+    """Sends the upstream's headers as they were: aiohttp adds a default Content-Type
+    and its own Server header, which a proxy must not invent (RFC 9110 §8.3: no
+    Content-Type means the recipient may not assume one). Date is kept: RFC 9110 §6.6.1
+    has a forwarding recipient add it when missing."""
+
+    def __init__(self, *, headers: list[tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(headers=headers, **kwargs)
+        self._upstream_names = {name.lower() for name, _ in headers}
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        for name in ("content-type", "server"):
+            if name not in self._upstream_names:
+                self.headers.popall(name, None)
+
+
+class RelayedStream(_Verbatim):
+    """A streamed upstream response."""
+
+
+class RelayedResponse(_Verbatim, web.Response):
+    """An upstream response whose body had all arrived with its head."""
 
 
 def _request_head(method: str, path_qs: str, headers: CIMultiDict[str]) -> bytes:

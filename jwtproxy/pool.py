@@ -65,6 +65,7 @@ class Connection(asyncio.Protocol):
         self.reading_paused = False
         self.body_waiter: asyncio.Future[None] | None = None
         self.keep_alive = False
+        self.until_close = False
         self.sent_whole_request = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -89,6 +90,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.until_close and exc is None and self.head_done.done():
+            self.complete = True  # a close-delimited body ends here (llhttp is not told)
+            self._wake()
         if not self.complete:
             self._fail(UpstreamError(f"upstream closed the connection: {exc or 'EOF'}"))
         self._can_write.set()
@@ -116,6 +120,12 @@ class Connection(asyncio.Protocol):
             return
         self.status = status
         self.keep_alive = self.parser.should_keep_alive()
+        # RFC 9112 §6.3: no Content-Length and not chunked means the body ends at close.
+        self.until_close = not self.head_only and status not in (204, 304) and not any(
+            name.lower() in (b"content-length", b"transfer-encoding")
+            for name, _ in self.headers)
+        if self.until_close:
+            self.keep_alive = False
         if not self.head_done.done():
             self.head_done.set_result(None)
         if self.head_only:
