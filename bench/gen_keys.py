@@ -113,13 +113,15 @@ def tls_cert(out: str, now_dt: dt.datetime) -> None:
 
 def main() -> int:
     here = os.path.dirname(os.path.abspath(__file__))
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(here, "run", "keys"))
     ap.add_argument("--iss", default="https://issuer.peers.test")
     ap.add_argument("--aud", default="peer-api")
     ap.add_argument("--kid", default="bench-rs256-1")
     ap.add_argument("--sub", default="bench-user")
-    ap.add_argument("--ttl", type=int, default=30 * 24 * 3600, help="lifetime of the valid tokens, seconds")
+    ap.add_argument("--ttl", type=int, default=30 * 24 * 3600,
+                    help="lifetime of the valid tokens, seconds")
     ap.add_argument("--distinct", type=int, default=30000, help="how many distinct valid tokens")
     ap.add_argument("--new-key", action="store_true", help="replace an existing key pair")
     a = ap.parse_args()
@@ -127,7 +129,7 @@ def main() -> int:
     os.makedirs(a.out, exist_ok=True)
     os.chmod(a.out, 0o755)  # nginx workers (nobody) read jwks.json, apache (www-data) the TLS cert
     p = lambda name: os.path.join(a.out, name)  # noqa: E731
-    now_dt = dt.datetime.now(dt.timezone.utc)
+    now_dt = dt.datetime.now(dt.UTC)
 
     if a.new_key or not os.path.exists(p("private.pem")):
         new = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -152,7 +154,8 @@ def main() -> int:
 
     now = int(time.time())
     header = {"alg": "RS256", "typ": "JWT", "kid": a.kid}
-    base = {"iss": a.iss, "aud": a.aud, "sub": a.sub, "iat": now, "nbf": now - 60, "exp": now + a.ttl}
+    base = {"iss": a.iss, "aud": a.aud, "sub": a.sub, "iat": now, "nbf": now - 60,
+            "exp": now + a.ttl}
 
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     valid = rs256(key, header, dict(base, jti="bench-valid"))
@@ -188,8 +191,10 @@ def main() -> int:
         t0 = time.monotonic()
         pool = mint_distinct(pem, header, base, a.distinct)
         write(p("distinct.pool.txt"), "".join(t + "\n" for t in pool))
-        write(p("distinct.meta.json"), json.dumps(dict(want, count=a.distinct, exp=base["exp"])) + "\n")
-        print(f"minted {len(pool)} distinct tokens in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+        write(p("distinct.meta.json"),
+              json.dumps(dict(want, count=a.distinct, exp=base["exp"])) + "\n")
+        print(f"minted {len(pool)} distinct tokens in {time.monotonic() - t0:.1f}s",
+              file=sys.stderr)
     with open(p("distinct.pool.txt")) as f:
         pool = f.read().split("\n")[: a.distinct]
     write(p("distinct.txt"), "".join(t + "\n" for t in pool))  # exactly --distinct of them

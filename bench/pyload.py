@@ -49,7 +49,7 @@ async def run(a: argparse.Namespace) -> dict[str, object]:
                 async with session.get(a.url, headers=headers) as r:
                     nbytes += len(await r.read())
                     status[r.status] += 1
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 errors["timeout"] += 1
                 continue
             except aiohttp.ClientError:

@@ -12,8 +12,9 @@
 Record fields: rps; p50_us/p90_us/p99_us/p999_us (wrk's latency, closed loop:
 see README); cpu_server (cores used by the system under test: master and all
 descendants), us_per_req (its CPU microseconds per request), cpu_upstream,
-cpu_wrk, machine_busy, steal, cpu_other (cores busy with anything else: noise); rss_kib/pss_kib of the system under test at the
-end of the run; non2xx; socket_errors; status (per code, when counted);
+cpu_wrk, machine_busy, steal, cpu_other (cores busy with anything else: noise);
+rss_kib/pss_kib of the system under test at the end of the run; non2xx;
+socket_errors; status (per code, when counted);
 cache_hits/cache_misses (jwtproxy only); status_ok: valid and distinct paths
 all 2xx, invalid path all 401 (or all >= 400 when codes are not counted).
 """
@@ -26,8 +27,8 @@ import sys
 import urllib.request
 from typing import Any
 
-_CACHE_RE = re.compile(r'^jwtproxy_token_cache_total\{[^}]*result="(hit|miss)"[^}]*\}\s+([0-9.eE+]+)',
-                       re.M)
+_CACHE_RE = re.compile(
+    r'^jwtproxy_token_cache_total\{[^}]*result="(hit|miss)"[^}]*\}\s+([0-9.eE+]+)', re.M)
 
 
 def scrape(url: str) -> str:
@@ -61,7 +62,7 @@ def make(kv: dict[str, str]) -> dict[str, Any]:
                 w = json.loads(line[8:])
     if w is None or not w.get("requests"):
         rec.update(w or {})
-        rec["error"] = "no requests completed (see %s)" % kv["log"]
+        rec["error"] = f"no requests completed (see {kv['log']})"
         rec["status_ok"] = False
         return rec
     rec.update(w)
@@ -117,10 +118,12 @@ def progress(r: dict[str, Any]) -> str:
     if not r["status_ok"]:
         extra += f"  STATUS-MISMATCH non2xx={r['non2xx']} {r.get('status', '')}"
     return (f"[bench] {r['system']:<12} {r['path']:<8} {r['mode']:<12} r{r['round']} "
-            f"{r['rps']:9.0f} rps  p50 {r['p50_us'] / 1e3:6.2f} ms  p99 {r['p99_us'] / 1e3:6.2f} ms  "
+            f"{r['rps']:9.0f} rps  p50 {r['p50_us'] / 1e3:6.2f} ms  "
+            f"p99 {r['p99_us'] / 1e3:6.2f} ms  "
             f"cpu {r['us_per_req']:6.1f} us/req ({r['cpu_server']:.2f} cores, up "
             f"{r['cpu_upstream']:.2f}, wrk {r.get('cpu_wrk', 0):.2f})  "
-            f"rss {r.get('rss_kib', 0) / 1024:.0f} MB  other {r['cpu_other']:.2f} steal {100 * r['steal']:.0f}%"
+            f"rss {r.get('rss_kib', 0) / 1024:.0f} MB  other {r['cpu_other']:.2f} "
+            f"steal {100 * r['steal']:.0f}%"
             f"{extra}")
 
 

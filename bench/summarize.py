@@ -84,21 +84,26 @@ def status(c: dict[str, Any]) -> str:
     return text
 
 
-def tables(cells: dict[tuple[str, str, str], dict[str, Any]], ref: str, subject: str) -> tuple[str, list]:
+def tables(
+    cells: dict[tuple[str, str, str], dict[str, Any]], ref: str, subject: str,
+) -> tuple[str, list]:
     lines = []
     lines.append("| system | path | mode | rps (median) | each run, k rps | spread | x " + ref +
-                 " | p50 ms | p99 ms | CPU us/req | CPU cores | RSS MB | cache hits | other cores | status |")
+                 " | p50 ms | p99 ms | CPU us/req | CPU cores | RSS MB | cache hits | other cores "
+                 "| status |")
     lines.append("|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for key in ordered(cells):
         s, p, m = key
         c = cells[key]
         if "rps" not in c:
-            lines.append(f"| {s} | {p} | {m} | - | - | - | - | - | - | - | - | - | - | - | NO DATA |")
+            lines.append(
+                f"| {s} | {p} | {m} | - | - | - | - | - | - | - | - | - | - | - | NO DATA |")
             continue
         refc = cells.get((ref, "valid", m), {})
         hit = c.get("cache_hit_ratio")
         lines.append(
-            f"| {s} | {p} | {m} | {c['rps']:,.0f} | {'/'.join(f'{x / 1e3:.1f}' for x in c['each_rps'])} | "
+            f"| {s} | {p} | {m} | {c['rps']:,.0f} | "
+            f"{'/'.join(f'{x / 1e3:.1f}' for x in c['each_rps'])} | "
             f"{100 * c['spread']:.0f}% | {ratio(c['rps'], refc.get('rps'))} | {c['p50_ms']:.2f} | "
             f"{c['p99_ms']:.2f} | {c['us_per_req']:.0f} | {c['cores']:.2f} | {c['rss_mb']:.0f} | "
             f"{'-' if hit is None else f'{100 * hit:.0f}%'} | {c['other_cores']:.2f} | "
@@ -119,22 +124,26 @@ def tables(cells: dict[tuple[str, str, str], dict[str, Any]], ref: str, subject:
                        "rps_x": me["rps"] / peer["rps"],
                        "p50_x": me["p50_ms"] / peer["p50_ms"] if peer["p50_ms"] else None,
                        "p99_x": me["p99_ms"] / peer["p99_ms"] if peer["p99_ms"] else None,
-                       "us_per_req_x": me["us_per_req"] / peer["us_per_req"] if peer["us_per_req"] else None,
+                       "us_per_req_x": (me["us_per_req"] / peer["us_per_req"]
+                                        if peer["us_per_req"] else None),
                        "rss_x": me["rss_mb"] / peer["rss_mb"] if peer["rss_mb"] else None})
     if vs:
         lines += ["", f"{subject} / peer (rps above 1: {subject} faster; latency, CPU and RSS "
                       f"below 1: {subject} lighter)", "",
-                  f"| {subject} path | mode | peer | peer path | rps x | p50 x | p99 x | CPU us/req x | RSS x |",
+                  f"| {subject} path | mode | peer | peer path | rps x | p50 x | p99 x "
+                  "| CPU us/req x | RSS x |",
                   "|---|---|---|---|---:|---:|---:|---:|---:|"]
         f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         for v in vs:
-            lines.append(f"| {v['path']} | {v['mode']} | {v['peer']} | {v['peer_path']} | {f(v['rps_x'])} | "
-                         f"{f(v['p50_x'])} | {f(v['p99_x'])} | {f(v['us_per_req_x'])} | {f(v['rss_x'])} |")
+            lines.append(f"| {v['path']} | {v['mode']} | {v['peer']} | {v['peer_path']} | "
+                         f"{f(v['rps_x'])} | {f(v['p50_x'])} | {f(v['p99_x'])} | "
+                         f"{f(v['us_per_req_x'])} | {f(v['rss_x'])} |")
     return "\n".join(lines) + "\n", vs
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results")
     ap.add_argument("--out")
     ap.add_argument("--ref", default="direct")
@@ -162,9 +171,11 @@ def main() -> int:
         return 1 if bad else 0
 
     w = rows[0] if rows else {}
-    head = (f"wrk -t{w.get('threads')} -c{w.get('conns')}; rounds: {max((r['round'] for r in rows), default=0)}; "
+    rounds = max((r["round"] for r in rows), default=0)
+    head = (f"wrk -t{w.get('threads')} -c{w.get('conns')}; rounds: {rounds}; "
             "medians over rounds; CPU = utime+stime of the system under test (master + workers) "
-            "per request; RSS summed over its processes at the end of a run; other cores = CPU busy "
+            "per request; RSS summed over its processes at the end of a run; "
+            "other cores = CPU busy "
             "with anything but the system, the upstream and wrk (noise: should be near 0)")
     text, vs = tables(cells, a.ref, a.subject)
     print(head + "\n\n" + text, end="")
@@ -172,7 +183,8 @@ def main() -> int:
         with open(os.path.join(a.out, "table.md"), "w") as f:
             f.write(head + "\n\n" + text)
         summary = {"header": head,
-                   "groups": [dict(system=k[0], path=k[1], mode=k[2], **cells[k]) for k in ordered(cells)],
+                   "groups": [dict(system=k[0], path=k[1], mode=k[2], **cells[k])
+                              for k in ordered(cells)],
                    "vs_peers": vs}
         with open(os.path.join(a.out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
