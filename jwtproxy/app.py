@@ -19,7 +19,13 @@ import aiohttp
 from aiohttp import web
 
 from .config import Config
-from .errors import Forbidden, JwtProxyError, KeysUnavailable, MissingToken
+from .errors import (
+    Forbidden,
+    HeaderSectionTooLarge,
+    JwtProxyError,
+    KeysUnavailable,
+    MissingToken,
+)
 from .forwarder import Forwarder, UpstreamTiming
 from .gate import Decision, Gate, RequestView
 from .jwks import KeyStore, build_stores
@@ -33,6 +39,8 @@ access_log = logging.getLogger(ACCESS_LOGGER)
 REALM: Final = 'Bearer realm="jwtproxy"'
 RETRY_AFTER_SECONDS: Final = 30
 MAX_HEADER_FIELD: Final = 64 * 1024
+MAX_HEADER_SECTION: Final = 96 * 1024
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 REQUEST_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 DESCRIPTION_UNSAFE: Final = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')  # RFC 6750 §3
 
@@ -44,6 +52,7 @@ class State:
     config: Config
     gate: Gate
     stores: Mapping[str, KeyStore]
+    head_limit: int
 
 
 def error_response(err: JwtProxyError) -> web.Response:
@@ -62,7 +71,10 @@ def error_response(err: JwtProxyError) -> web.Response:
         headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     if err.status == 404:
         body = {"error": "not_found"}
-    return web.json_response(body, status=err.status, headers=headers)
+    response = web.json_response(body, status=err.status, headers=headers)
+    if err.status in (408, 431):
+        response.force_close()  # what is left of the request is not worth reading
+    return response
 
 
 class ProxyApp:
@@ -106,7 +118,7 @@ class ProxyApp:
         for issuer in config.issuers.values():
             if not issuer.audiences:
                 log.warning("issuer_without_audiences", extra={"issuer": issuer.name})
-        return State(config, Gate(config, verifier), stores)
+        return State(config, Gate(config, verifier), stores, header_section_limit(config))
 
     async def reload(self, config: Config) -> None:
         assert self.state is not None
@@ -140,6 +152,8 @@ class ProxyApp:
         decision: Decision | None = None
         status = 500
         try:
+            if _head_size(request) > state.head_limit:
+                raise HeaderSectionTooLarge("request header section too large")
             decision = await state.gate.decide(view)
             self._record_auth(decision)
             if decision.error is not None:
@@ -149,6 +163,9 @@ class ProxyApp:
                 headers = decision.route.plan.request_headers(
                     request.headers, decision.claims, _peer(request), request.scheme, request_id)
                 path_qs = decision.upstream_path + sep + raw_query
+                if request.headers.get("Expect", "").lower() == "100-continue":
+                    # RFC 9110 §10.1.1: the body is wanted now that the request passed
+                    await request.writer.write(CONTINUE)
                 if _is_websocket(request):
                     response = await self.forwarder.websocket(
                         request, decision.route.route, path_qs, headers)
@@ -185,6 +202,10 @@ class RequestIds:
 
     def __call__(self) -> str:
         return f"{self.prefix}{next(self.counter):016x}"
+
+
+def _head_size(request: web.BaseRequest) -> int:
+    return sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
 
 
 def _is_websocket(request: web.BaseRequest) -> bool:
@@ -253,7 +274,15 @@ def server_options(config: Config) -> dict[str, Any]:
     # auto_decompress off: bodies go upstream byte for byte, whatever their encoding.
     return {"auto_decompress": False, "access_log": None,
             # far above max_token_bytes, so an oversized token gets our 401, not a 400
-            "max_field_size": max(MAX_HEADER_FIELD, config.server.max_token_bytes + 1024)}
+            "max_field_size": max(MAX_HEADER_FIELD, config.server.max_token_bytes + 1024),
+            # aiohttp's keep-alive timer is also the only deadline on reading a request
+            # head (trickled bytes do not re-arm it): this bounds a slowloris
+            "keepalive_timeout": config.server.keepalive_timeout}
+
+
+def header_section_limit(config: Config) -> int:
+    """The whole request head (aiohttp bounds each field and their count, not the sum)."""
+    return max(MAX_HEADER_SECTION, config.server.max_token_bytes + MAX_HEADER_FIELD)
 
 
 def proxy_server(proxy: ProxyApp, config: Config) -> web.Server:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 DEFAULT_LISTEN: Final = ("0.0.0.0", 8080)
 DEFAULT_ADMIN_LISTEN: Final = ("127.0.0.1", 9090)
 DEFAULT_GRACEFUL_TIMEOUT: Final = 30.0
+DEFAULT_KEEPALIVE_TIMEOUT: Final = 60.0
 DEFAULT_MAX_TOKEN_BYTES: Final = 8192
 DEFAULT_LEEWAY: Final = 60.0
 DEFAULT_CACHE_TTL: Final = 600.0
@@ -58,6 +59,7 @@ class Server:
     listen: Listen = Listen(*DEFAULT_LISTEN)
     workers: int = 1
     graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES
     tls: Tls | None = None
     trusted_proxies: tuple[str, ...] = ()

@@ -33,6 +33,16 @@ class InvalidRequest(JwtProxyError):
     status, reason, error = 400, "malformed", "invalid_request"
 
 
+class HeaderSectionTooLarge(JwtProxyError):
+    status, reason, error = 431, "header_section_too_large", "invalid_request"
+
+
+class ClientBodyTimeout(JwtProxyError):
+    """The client stopped sending its body (nginx's client_body_timeout answers 408)."""
+
+    status, reason, error = 408, "client_body_timeout", "request_timeout"
+
+
 class MissingToken(JwtProxyError):
     """No token on a protected route (RFC 6750 §3.1: no error code in this case)."""
 

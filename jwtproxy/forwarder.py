@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .config import Route
-from .errors import UpstreamTimeout, UpstreamUnavailable
+from .errors import ClientBodyTimeout, UpstreamTimeout, UpstreamUnavailable
 from .headers import REQUEST_ID, response_headers
 from .pool import Connection, UpstreamError, UpstreamPool, UpstreamTimedOut
 
@@ -139,13 +139,16 @@ class Forwarder:
             try:
                 await conn.write(head)
                 if has_body:
-                    await _send_body(conn, request, chunked)
+                    await _send_body(conn, request, chunked, route.read_timeout)
                 conn.sent_whole_request = True
                 await conn.wait_head(route.read_timeout)
                 return conn
             except UpstreamTimedOut:
                 self.pool.discard(conn)
                 raise UpstreamTimeout("upstream timed out") from None
+            except ClientBodyTimeout:
+                self.pool.discard(conn)  # the upstream must never see half a request
+                raise
             except UpstreamError as err:
                 self.pool.discard(conn)
                 if reused and not has_body and attempt == 1:
@@ -267,15 +270,24 @@ def _request_head(method: str, path_qs: str, headers: CIMultiDict[str]) -> bytes
     return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 
 
-async def _send_body(conn: Connection, request: web.BaseRequest, chunked: bool) -> None:
-    try:
-        async for chunk in request.content.iter_chunked(CHUNK):
-            if chunked:
-                await conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-            else:
-                await conn.write(chunk)
-    except (aiohttp.ClientPayloadError, web.HTTPException) as err:
-        raise UpstreamError(f"client body: {err}") from None
+async def _send_body(
+    conn: Connection, request: web.BaseRequest, chunked: bool, idle_timeout: float
+) -> None:
+    """Relay the client's body; a client idle for `idle_timeout` is given up on (408)."""
+    content = request.content
+    while True:
+        try:
+            chunk = await asyncio.wait_for(content.readany(), idle_timeout)
+        except TimeoutError:
+            raise ClientBodyTimeout("the request body stopped arriving") from None
+        except (aiohttp.ClientPayloadError, web.HTTPException) as err:
+            raise UpstreamError(f"client body: {err}") from None
+        if not chunk:
+            break
+        if chunked:
+            await conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        else:
+            await conn.write(chunk)
     if chunked:
         await conn.write(b"0\r\n\r\n")
 

@@ -342,7 +342,8 @@ class _Checker:
     def server(self, value: Any) -> Server:
         path = "server"
         raw = self.mapping(path, value, {
-            "listen", "workers", "graceful_timeout", "max_token_bytes", "tls", "trusted_proxies"
+            "listen", "workers", "graceful_timeout", "keepalive_timeout", "max_token_bytes", "tls",
+            "trusted_proxies",
         })
         kwargs: dict[str, Any] = {}
         if "listen" in raw:
@@ -353,6 +354,12 @@ class _Checker:
                 os.cpu_count() or 1 if workers == "auto"
                 else self.integer(f"{path}.workers", workers)
             )
+        if "keepalive_timeout" in raw:
+            kwargs["keepalive_timeout"] = self.duration(
+                f"{path}.keepalive_timeout", raw["keepalive_timeout"])
+            if kwargs["keepalive_timeout"] == 0:
+                self.problem(f"{path}.keepalive_timeout", "must be more than 0")
+                kwargs["keepalive_timeout"] = None
         if "graceful_timeout" in raw:
             kwargs["graceful_timeout"] = self.duration(
                 f"{path}.graceful_timeout", raw["graceful_timeout"])

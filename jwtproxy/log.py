@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any, Final
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 ACCESS_LOGGER: Final = "jwtproxy.access"
 _STANDARD: Final = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -45,6 +47,22 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class ParserErrorFilter(logging.Filter):
+    """aiohttp logs a request its HTTP parser rejected with the offending line, which can
+    be `Authorization: Bearer <token>`: keep the event, drop the text (RFC 8725 spirit:
+    never log a token)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg = "http_request_rejected"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.error = type(error).__name__
+        return True
+
+
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
@@ -53,3 +71,4 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     root.propagate = False
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(ParserErrorFilter())
