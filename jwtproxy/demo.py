@@ -44,6 +44,7 @@ ALG: Final = "ES256"
 TOKEN_LIFETIME: Final = 24 * 3600
 EXPIRED_AGO: Final = 3600  # well past the default 60 s leeway
 SHUTDOWN_TIMEOUT: Final = 2.0
+BACKLOG: Final = 128
 EXIT_OK: Final = 0
 EXIT_RUNTIME: Final = 1
 
@@ -147,12 +148,14 @@ def echo_app() -> web.Application:
 
 
 def listen_socket(port: int) -> socket.socket:
-    """A loopback socket bound to `port`, or to a free port when that one is taken."""
+    """A listening loopback socket on `port`, or on a free port when that one is taken."""
     for candidate in dict.fromkeys((port, 0)):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((LOOPBACK, candidate))
+            # Listen now: two SO_REUSEADDR sockets may both bind a port, only one listens.
+            sock.listen(BACKLOG)
         except OSError:
             sock.close()
             continue
