@@ -40,8 +40,9 @@ OWNERS: Final = {
     "joserfc": {"jwks", "verifier"},
     "aiohttp.web": {"app", "forwarder", "serve", "demo"},
     # client side: key fetches (jwks; app and explain open the session they pass to it)
-    # and the upstream side (forwarder); the web modules may use it too
-    "aiohttp": {"app", "forwarder", "serve", "demo", "jwks", "explain"},
+    # and the upstream side (forwarder); the web modules may use it too; log filters
+    # aiohttp's parser errors (aiohttp.http_exceptions) out of the log
+    "aiohttp": {"app", "forwarder", "serve", "demo", "jwks", "explain", "log"},
     "httptools": {"pool"},
     "prometheus_client": {"metrics", "supervisor"},
 }
