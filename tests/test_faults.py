@@ -591,6 +591,25 @@ async def test_close_delimited_response_body_arrives_whole(
     assert resp.status == 200 and await resp.read() == blob
 
 
+async def test_close_delimited_body_cut_by_a_reset_is_a_broken_transfer(
+    make_proxy: ProxyFactory, jwks: Jwks, scripted: ScriptedFactory
+) -> None:
+    """A FIN ends a close-delimited body; an RST does not: that one is truncated."""
+
+    async def reset_midway(turn: Turn) -> bool:
+        await turn.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 100_000)
+        await asyncio.sleep(0.2)  # fault injection: part of the body, then a reset
+        turn.reset()
+        return False
+
+    upstream = await scripted(reset_midway)
+    proxy = await proxy_to(make_proxy, jwks, upstream)
+    resp = await proxy.client.get("/public/x")
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+
+
 async def test_streamed_responses_carry_the_request_id_too(
     make_proxy: ProxyFactory, jwks: Jwks, scripted: ScriptedFactory
 ) -> None:

@@ -15,7 +15,6 @@ from urllib.parse import unquote
 
 import httptools
 import pytest
-from aiohttp.test_utils import RawTestServer
 
 from jwtproxy.app import server_options
 from tests.conftest import AUDIENCE, ISSUER, Proxy, ProxyFactory, base_config
@@ -359,32 +358,32 @@ async def test_header_read_deadline_is_bounded(hostile: tuple[Proxy, RawUpstream
     proxy, _ = hostile
     assert proxy.app.state is not None
     options = server_options(proxy.app.state.config)
-    deadline = options.get("keepalive_timeout", AIOHTTP_KEEPALIVE_DEFAULT)
+    deadline = options.get("keepalive_timeout", AIOHTTP_KEEPALIVE_DEFAULT)  # when unset
     assert deadline <= HEADER_DEADLINE_MAX, (
         f"a client may take {deadline}s to send its request head")
 
 
-async def test_a_keepalive_deadline_cuts_a_slowloris(hostile: tuple[Proxy, RawUpstream]) -> None:
-    """The bounded configuration: the proxy's own handler and options plus
-    keepalive_timeout=1s cut a client that still trickles its head after 1 s, and leave
-    well-behaved clients alone."""
-    proxy, upstream = hostile
-    assert proxy.app.state is not None
-    server = RawTestServer(proxy.app.handle)
-    await server.start_server(**{**server_options(proxy.app.state.config),
-                                 "keepalive_timeout": 1.0})
-    try:
-        assert server.port is not None
-        stop = asyncio.Event()
-        slow = b"GET /public/slow HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"z" * 100
-        trickler = asyncio.create_task(_trickle(server.port, slow, 0.1, stop))
-        client = await exchange(server.port, request("/public/fast", "Host: a"))
-        assert [a.status for a in client.answers] == [200]
-        cut = await asyncio.wait_for(trickler, 6.0)
-        assert cut is not None and 0.9 <= cut <= 3.0, cut
-        assert upstream.paths() == ["/public/fast"]
-    finally:
-        await server.close()
+async def test_server_keepalive_timeout_cuts_a_slowloris_and_idle_connections(
+    make_proxy: ProxyFactory, jwks: Jwks, raw_upstream: RawUpstream
+) -> None:
+    """With `server.keepalive_timeout: 1s` a client still trickling its head after 1 s is
+    cut, and so is one idle after a response; well-behaved clients are left alone."""
+    proxy = await make_proxy(base_config(jwks[1], raw_upstream.url,
+                                         server={"keepalive_timeout": "1s"}))
+    port = proxy.client.port
+    stop = asyncio.Event()
+    slow = b"GET /public/slow HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"z" * 100
+    trickler = asyncio.create_task(_trickle(port, slow, 0.1, stop))
+    idle = await RawClient.open(port)
+    await idle.send(request("/public/fast", "Host: a"))
+    assert [a.status for a in await idle.read_answers(1)] == [200]
+    started = time.monotonic()
+    assert await idle.wait_closed(timeout=4.0)
+    assert 0.5 <= time.monotonic() - started <= 3.0
+    idle.close()
+    cut = await asyncio.wait_for(trickler, 6.0)
+    assert cut is not None and 0.9 <= cut <= 3.0, cut
+    assert raw_upstream.paths() == ["/public/fast"]
 
 
 async def test_a_slow_body_within_the_read_timeout_is_relayed_whole(
@@ -424,6 +423,10 @@ async def test_a_stalled_body_is_given_up_on_within_the_read_timeout(
     assert gave_up, "no answer and no close 3 s into a stalled body (read timeout 0.5 s)"
     assert answers == [] or answers[0].status in (408, 400, 504)
     assert raw_upstream.requests == []
+    deadline = time.monotonic() + 2.0
+    while any(not conn.closed for conn in raw_upstream.connections):
+        assert time.monotonic() < deadline, "the half-sent upstream request is still open"
+        await asyncio.sleep(0.02)  # polling for the proxy's abort to reach the upstream
 
 
 # -- request smuggling --------------------------------------------------------------------
@@ -713,6 +716,22 @@ async def test_expect_100_continue_gets_an_interim_response_then_relays_the_body
     assert [a.status for a in answers] == [100, 200], "no 100 Continue within 2 s"
     assert [(s.target, s.body) for s in upstream.requests] == [("/public/upload", b"hello")]
     assert upstream.requests[0].header_all("Expect") == []
+
+
+async def test_expect_100_continue_is_ignored_for_http10(
+    hostile: tuple[Proxy, RawUpstream]
+) -> None:
+    """RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request MUST be
+    ignored (an HTTP/1.0 client cannot parse an interim response)."""
+    proxy, upstream = hostile
+    client = await RawClient.open(proxy.client.port)
+    await client.send(request("/public/upload", "Host: a", "Content-Length: 5",
+                              "Expect: 100-continue", method="POST", version="HTTP/1.0"))
+    await client.send(b"hello")
+    answers = await client.read_answers(1)
+    client.close()
+    assert [a.status for a in answers] == [200]
+    assert [(s.target, s.body) for s in upstream.requests] == [("/public/upload", b"hello")]
 
 
 async def test_expect_100_continue_without_a_token_is_refused_before_the_body(
