@@ -610,6 +610,41 @@ async def test_close_delimited_body_cut_by_a_reset_is_a_broken_transfer(
         await resp.read()
 
 
+async def test_a_client_vanishing_mid_response_frees_the_upstream_connection(
+    make_proxy: ProxyFactory, jwks: Jwks, scripted: ScriptedFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The client reads the head and a little of a large body, then goes away: the
+    upstream connection is closed (not kept reading, not pooled), the disconnect is not
+    an unhandled error, and the proxy keeps serving."""
+    upstream_gone = asyncio.Event()
+
+    async def large(turn: Turn) -> bool:
+        if turn.request.target == "/public/ok":
+            await turn.send(ok())
+            return True
+        try:
+            await turn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (256 * MB))
+            for _ in range(256 * 16):
+                await turn.send(b"y" * 65536)
+        except ConnectionError:
+            upstream_gone.set()
+        return False
+
+    upstream = await scripted(large)
+    proxy = await proxy_to(make_proxy, jwks, upstream)
+    async with aiohttp.ClientSession() as session:
+        resp = await session.get(proxy.client.make_url("/public/large"))
+        assert resp.status == 200
+        await resp.content.readexactly(65536)
+        resp.close()  # drops the connection mid-body
+    await asyncio.wait_for(upstream_gone.wait(), 5.0)
+    unhandled = [r for r in caplog.records
+                 if r.name == "aiohttp.server" and r.levelno >= logging.ERROR]
+    assert unhandled == [], [r.getMessage() for r in unhandled]
+    assert (await proxy.client.get("/public/ok")).status == 200
+
+
 async def test_streamed_responses_carry_the_request_id_too(
     make_proxy: ProxyFactory, jwks: Jwks, scripted: ScriptedFactory
 ) -> None:
@@ -751,7 +786,12 @@ async def test_large_response_to_a_slow_reader_is_not_buffered() -> None:
     size, block = 64 * MB, os.urandom(MB)
     expected = hashlib.sha256(block * 64).hexdigest()
 
+    handlers: set[asyncio.Task[Any]] = set()
+
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
         with contextlib.suppress(ConnectionError):
             while (request := await read_request(reader)) is not None:
                 total = size if request.target == "/big" else MB
@@ -790,6 +830,8 @@ async def test_large_response_to_a_slow_reader_is_not_buffered() -> None:
     finally:
         server.close()
         await server.wait_closed()
+        if handlers:  # the proxy is gone: its pooled connections see EOF
+            await asyncio.wait(handlers, timeout=5)
 
 
 def vm_rss(pid: int) -> int:

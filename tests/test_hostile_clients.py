@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -427,6 +428,40 @@ async def test_a_stalled_body_is_given_up_on_within_the_read_timeout(
     while any(not conn.closed for conn in raw_upstream.connections):
         assert time.monotonic() < deadline, "the half-sent upstream request is still open"
         await asyncio.sleep(0.02)  # polling for the proxy's abort to reach the upstream
+
+
+@pytest.mark.parametrize("how", ["fin", "rst"])
+async def test_a_client_vanishing_mid_body_frees_the_upstream_connection(
+    hostile: tuple[Proxy, RawUpstream], how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The upstream got the head and part of the body; the client goes away. The upstream
+    connection holding half a request is closed at once (it can never be reused), and
+    the disconnect is not an unhandled error."""
+    import socket
+    import struct
+
+    proxy, upstream = hostile
+    client = await RawClient.open(proxy.client.port)
+    await client.send(request("/public/upload", "Host: a", "Content-Length: 100000",
+                              method="POST", body=b"x" * 1000))
+    deadline = time.monotonic() + 2.0
+    while upstream.bytes_received < 1000:  # the part of the body has been relayed
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)  # polling
+    if how == "rst":
+        sock = client.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    deadline = time.monotonic() + 2.0
+    while any(not conn.closed for conn in upstream.connections):
+        assert time.monotonic() < deadline, "the upstream connection with half a request " \
+                                            "is still open 2 s after the client left"
+        await asyncio.sleep(0.02)  # polling for the proxy's abort to reach the upstream
+    assert upstream.requests == []
+    unhandled = [r for r in caplog.records
+                 if r.name == "aiohttp.server" and r.levelno >= logging.ERROR]
+    assert unhandled == [], [r.getMessage() for r in unhandled]
+    await still_serving(proxy.client.port, upstream)
 
 
 # -- request smuggling --------------------------------------------------------------------
