@@ -542,6 +542,52 @@ async def test_ambiguous_framing_is_rejected_or_normalised(
         assert len(framing) == 1 and framing[0].lower() in ("4", "chunked")
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+@pytest.mark.parametrize(
+    ("target", "extra", "status"),
+    [("/orders/1", (), 401), ("/orders/1", ("Authorization: Bearer nope",), 401),
+     ("/orders/1", ("Authorization: Bearer a", "Authorization: Bearer b"), 400)],
+    ids=["no-token", "bad-token", "two-tokens"],
+)
+async def test_the_unread_body_of_a_refused_request_is_never_read_as_a_request(
+    hostile: tuple[Proxy, RawUpstream], target: str, extra: tuple[str, ...], status: int,
+    framing: str,
+) -> None:
+    """Refused before its body is read, the request's body (here a whole request to a
+    public path) is skipped by its framing, never parsed as the next request (CL.0)."""
+    proxy, upstream = hostile
+    hidden = request("/public/smuggled", "Host: a")
+    if framing == "length":
+        head = request(target, "Host: a", f"Content-Length: {len(hidden)}", *extra,
+                       method="POST", body=hidden)
+    else:
+        head = request(target, "Host: a", "Transfer-Encoding: chunked", *extra,
+                       method="POST", body=b"%x\r\n%b\r\n0\r\n\r\n" % (len(hidden), hidden))
+    client = await exchange(proxy.client.port, head + request("/public/next", "Host: a"),
+                            answers=2)
+    statuses = [a.status for a in client.answers]
+    assert statuses in ([status], [status, 200]), statuses
+    assert upstream.paths() == (["/public/next"] if len(statuses) == 2 else [])
+
+
+async def test_trailers_cannot_carry_credentials_or_claim_headers(
+    hostile: tuple[Proxy, RawUpstream]
+) -> None:
+    proxy, upstream = hostile
+    trailer = b"4\r\nabcd\r\n0\r\nX-Auth-Subject: admin\r\nAuthorization: Bearer x\r\n\r\n"
+    client = await exchange(proxy.client.port, request(
+        "/public/upload", "Host: a", "Transfer-Encoding: chunked",
+        "Trailer: X-Auth-Subject, Authorization", method="POST", body=trailer))
+    assert [a.status for a in client.answers] == [200]
+    seen = upstream.requests[-1]
+    assert seen.body == b"abcd"
+    raw = bytes(upstream.connections[-1].raw).lower()
+    assert b"x-auth-subject" not in raw and b"authorization" not in raw
+    client = await exchange(proxy.client.port, request(
+        "/orders/1", "Host: a", "Transfer-Encoding: chunked", method="POST", body=trailer))
+    assert [a.status for a in client.answers] == [401]  # a trailer is not a token source
+
+
 # -- request targets and paths ------------------------------------------------------------
 
 
