@@ -89,7 +89,9 @@ class Gate:
     async def decide(self, view: RequestView, trace: bool = False) -> Decision:
         steps: Trace | None = [] if trace else None
         if not view.raw_path.startswith("/"):
-            return Decision(None, InvalidRequest("request target must be an absolute path"))
+            _note(steps, "request", False, f"request target {view.raw_path[:80]!r} is not a path")
+            return Decision(None, InvalidRequest("request target must be an absolute path"),
+                            steps=steps)
         normalized = normalize_path(view.raw_path)
         route = self.table.match(view.method, view.host, normalized.path)
         if steps is not None:

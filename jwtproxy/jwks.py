@@ -307,7 +307,8 @@ class KeyStore:
         return uri
 
     async def _get(self, url: str) -> tuple[bytes, int | None]:
-        assert self.session is not None
+        if self.session is None:
+            raise KeySourceError(f"GET {url}: no HTTP session (offline)")
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
         try:
             async with self.session.get(
