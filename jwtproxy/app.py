@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from .config import Config
 from .errors import (
@@ -39,6 +39,7 @@ access_log = logging.getLogger(ACCESS_LOGGER)
 REALM: Final = 'Bearer realm="jwtproxy"'
 RETRY_AFTER_SECONDS: Final = 30
 MAX_HEADER_FIELD: Final = 64 * 1024
+METRICS_FLUSH_INTERVAL: Final = 1.0  # seconds: how stale another worker's scrape may be
 MAX_HEADER_SECTION: Final = 96 * 1024
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 REQUEST_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
@@ -72,7 +73,7 @@ def error_response(err: JwtProxyError) -> web.Response:
     if err.status == 404:
         body = {"error": "not_found"}
     response = web.json_response(body, status=err.status, headers=headers)
-    if err.status in (408, 431):
+    if err.status in (408, 431, 499):
         response.force_close()  # what is left of the request is not worth reading
     return response
 
@@ -87,14 +88,24 @@ class ProxyApp:
         self.state: State | None = None
         self.initial_config = config
         self.request_ids = RequestIds()
+        self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.key_session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=30), cookie_jar=aiohttp.DummyCookieJar())
         await self.forwarder.start()
         self.state = await self.build_state(self.initial_config, {})
+        self._flusher = asyncio.create_task(self._flush_metrics())
+
+    async def _flush_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_FLUSH_INTERVAL)
+            self.metrics.flush()
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        self.metrics.flush()
         if self.state is not None:
             await asyncio.gather(*(store.close() for store in self.state.stores.values()))
         await self.forwarder.close()
@@ -163,7 +174,8 @@ class ProxyApp:
                 headers = decision.route.plan.request_headers(
                     request.headers, decision.claims, _peer(request), request.scheme, request_id)
                 path_qs = decision.upstream_path + sep + raw_query
-                if request.headers.get("Expect", "").lower() == "100-continue":
+                if (request.version >= HttpVersion11  # RFC 9110 §10.1.1: not for 1.0
+                        and request.headers.get("Expect", "").lower() == "100-continue"):
                     # RFC 9110 §10.1.1: the body is wanted now that the request passed
                     await request.writer.write(CONTINUE)
                 if _is_websocket(request):

@@ -43,6 +43,12 @@ class ClientBodyTimeout(JwtProxyError):
     status, reason, error = 408, "client_body_timeout", "request_timeout"
 
 
+class ClientGone(JwtProxyError):
+    """The client closed the connection mid-request (nginx logs these as 499)."""
+
+    status, reason, error = 499, "client_closed", "client_closed_request"
+
+
 class MissingToken(JwtProxyError):
     """No token on a protected route (RFC 6750 §3.1: no error code in this case)."""
 

@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .config import Route
-from .errors import ClientBodyTimeout, UpstreamTimeout, UpstreamUnavailable
+from .errors import ClientBodyTimeout, ClientGone, UpstreamTimeout, UpstreamUnavailable
 from .headers import REQUEST_ID, response_headers
 from .pool import Connection, UpstreamError, UpstreamPool, UpstreamTimedOut
 
@@ -146,15 +146,17 @@ class Forwarder:
             except UpstreamTimedOut:
                 self.pool.discard(conn)
                 raise UpstreamTimeout("upstream timed out") from None
-            except ClientBodyTimeout:
-                self.pool.discard(conn)  # the upstream must never see half a request
-                raise
             except UpstreamError as err:
                 self.pool.discard(conn)
                 if reused and not has_body and attempt == 1:
                     continue
                 log.warning("upstream_error", extra={"route": route.name, "error": str(err)})
                 raise UpstreamUnavailable("upstream unavailable") from None
+            except BaseException:
+                # client body timeout, client gone, cancellation: the upstream must never
+                # be left holding half a request
+                self.pool.discard(conn)
+                raise
         raise AssertionError("unreachable")
 
     async def _relay(
@@ -282,6 +284,8 @@ async def _send_body(
             raise ClientBodyTimeout("the request body stopped arriving") from None
         except (aiohttp.ClientPayloadError, web.HTTPException) as err:
             raise UpstreamError(f"client body: {err}") from None
+        except ConnectionError:
+            raise ClientGone("the client closed the connection mid-body") from None
         if not chunk:
             break
         if chunked:

@@ -41,7 +41,7 @@ class ProxyProcess:
     admin_port: int
     config_path: Path
     log_path: Path
-    final_logs: str = ""
+    final_logs: str | None = None
 
     @property
     def url(self) -> str:
@@ -53,7 +53,7 @@ class ProxyProcess:
 
     def logs(self) -> str:
         """The process output so far (after exit: all of it)."""
-        if self.final_logs:
+        if self.final_logs is not None:
             return self.final_logs
         return self.log_path.read_text(errors="replace")
 

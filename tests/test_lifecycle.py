@@ -141,10 +141,13 @@ def test_workers_share_the_port_merge_metrics_and_restart(
     with proxy_process(config_for(port, ["/"], workers=2), env=env) as proxy:
         for _ in range(40):
             assert get(proxy.url + "/x")[0] == 200
-        _, text = proxy.admin_get("/metrics")
-        total = sum(float(line.split()[-1]) for line in text.splitlines()
-                    if line.startswith("jwtproxy_requests_total{"))
-        assert total == 40
+
+        def total() -> float:  # each worker publishes its figures within a second
+            _, text = proxy.admin_get("/metrics")
+            return sum(float(line.split()[-1]) for line in text.splitlines()
+                       if line.startswith("jwtproxy_requests_total{"))
+
+        wait_for(lambda: total() == 40, "both workers' figures in one scrape")
         pids: set[int] = set()
         wait_for(lambda: pids.add(json.loads(proxy.admin_get("/healthz")[1])["pid"])
                  or len(pids) == 2, "both workers to answer")
