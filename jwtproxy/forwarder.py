@@ -266,10 +266,10 @@ class RelayedResponse(_Verbatim, web.Response):
 
 
 def _request_head(method: str, path_qs: str, headers: CIMultiDict[str]) -> bytes:
-    lines = [f"{method} {path_qs} HTTP/1.1"]
-    lines.extend(f"{name}: {value}" for name, value in headers.items())
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+    fields = "\r\n".join(map(": ".join, headers.items()))
+    head = f"{method} {path_qs} HTTP/1.1\r\n{fields}\r\n\r\n" if fields else (
+        f"{method} {path_qs} HTTP/1.1\r\n\r\n")
+    return head.encode("utf-8", "surrogateescape")
 
 
 async def _send_body(

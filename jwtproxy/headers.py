@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -26,6 +27,7 @@ REQUEST_ONLY_DROPPED: Final = frozenset({"expect", "x-forwarded-proto", "x-forwa
 RESPONSE_DROPPED_RAW: Final = frozenset(
     name.encode() for name in HOP_BY_HOP | {"content-length"})
 REQUEST_ID: Final = "X-Request-Id"
+UNSENDABLE: Final = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 def normalized_name(name: str) -> str:
@@ -49,7 +51,7 @@ def claim_header_value(value: Any) -> str | None:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     else:
         return None
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF for ch in text):
+    if UNSENDABLE.search(text):
         return None  # control characters split headers; lone surrogates cannot be encoded
     return text
 
