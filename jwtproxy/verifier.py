@@ -3,7 +3,6 @@ and the time / audience / token_use checks, in that order (RFC 8725)."""
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -133,8 +132,10 @@ class _Parsed:
 
 
 def _b64decode(segment: str) -> bytes:
+    """base64url (RFC 7515 §2) of a segment already checked against SEGMENT."""
+    padded = (segment + "=" * (-len(segment) % 4)).replace("-", "+").replace("_", "/")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        return binascii.a2b_base64(padded)
     except (binascii.Error, ValueError):
         raise Malformed("segment is not base64url") from None
 
@@ -152,6 +153,10 @@ def _no_constants(name: str) -> Any:
     raise Malformed(f"{name} is not a JSON number")
 
 
+_STRICT_JSON: Final = json.JSONDecoder(
+    object_pairs_hook=_strict_object, parse_constant=_no_constants)
+
+
 def _json_object(raw: bytes, part: str) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
@@ -160,7 +165,7 @@ def _json_object(raw: bytes, part: str) -> dict[str, Any]:
     if _depth(text) > MAX_JSON_DEPTH:
         raise Malformed(f"{part} JSON nested too deeply")
     try:
-        value = json.loads(text, object_pairs_hook=_strict_object, parse_constant=_no_constants)
+        value = _STRICT_JSON.decode(text)
     except (ValueError, RecursionError) as err:
         if isinstance(err, Malformed):
             raise
