@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cachetools import TLRUCache
+from cachetools import TLRUCache, TTLCache
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
@@ -34,12 +34,17 @@ from .errors import (
     WrongTokenUse,
     WrongTyp,
 )
-from .jwks import KeyStore, VerifyKey
+from .jwks import KeySet, KeyStore, VerifyKey
 
 SEGMENT: Final = re.compile(r"[A-Za-z0-9_-]+")
 MAX_JSON_DEPTH: Final = 16
 MAX_KID_LENGTH: Final = 1024
 DEFAULT_CACHE_SIZE: Final = 10_000
+REJECTION_TTL: Final = 300.0  # seconds a lasting refusal is remembered
+# Refusals that neither time nor a key refresh can turn into an acceptance (not: unknown
+# kid, not yet valid, keys unavailable).
+LASTING_REJECTIONS: Final = (Malformed, AlgNotAllowed, BadSignature, Expired, WrongIssuer,
+                             WrongAudience, WrongTyp, WrongTokenUse)
 # RFC 8725 §3.11: without a configured typ, only these (case-insensitive) are access tokens.
 ACCEPTED_TYPS: Final = frozenset({"jwt", "at+jwt", "application/at+jwt", "application/jwt"})
 # RFC 7515 §4.1: header members that would make us fetch or trust a key from the token.
@@ -111,6 +116,22 @@ class Step:
 
 
 Trace = list[Step]
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejection:
+    """A remembered refusal. It holds only while the route's issuers still have the very
+    key sets they had then (a refresh may bring the key that makes the token good)."""
+
+    error: type[JwtProxyError]
+    description: str
+    issuer: str | None
+    keys: tuple[KeySet | None, ...]
+
+    def again(self) -> JwtProxyError:
+        err = self.error(self.description)
+        err.issuer, err.cache_hit = self.issuer, True
+        return err
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +317,10 @@ class Verifier:
             self.by_iss.setdefault(issuer.issuer, []).append(issuer)
         self.cache: TLRUCache[bytes, Verified] = TLRUCache(
             maxsize=cache_size, ttu=self._cache_until, timer=wall_clock)
+        # A token refused for a reason that no time or key refresh can undo is refused
+        # again from here: replaying a bad token must not cost a signature check each time.
+        self.rejected: TTLCache[tuple[bytes, tuple[str, ...]], _Rejection] = TTLCache(
+            maxsize=cache_size, ttl=REJECTION_TTL, timer=wall_clock)
 
     def _cache_until(self, _key: bytes, value: Verified, now: float) -> float:
         return float(value.claims["exp"]) + self.issuers[value.issuer].leeway
@@ -316,6 +341,10 @@ class Verifier:
         """Verify `token` for one of the `allowed` issuers; `trace` (explain) records each
         check and bypasses the cache."""
         digest = hashlib.sha256(token.encode()).digest()
+        if trace is None:
+            rejection = self.rejected.get((digest, allowed))
+            if rejection is not None and rejection.keys == self._key_sets(allowed):
+                raise rejection.again()
         cached = self.cache.get(digest) if trace is None else None
         if cached is not None and cached.issuer in allowed:
             issuer = self.issuers[cached.issuer]
@@ -331,9 +360,17 @@ class Verifier:
             verified = await self._verify_uncached(token, allowed, trace)
         except JwtProxyError as err:
             err.cache_hit = False
+            if isinstance(err, LASTING_REJECTIONS):
+                self.rejected[(digest, allowed)] = _Rejection(
+                    type(err), err.description, err.issuer, self._key_sets(allowed))
             raise
         self.cache[digest] = verified
         return verified
+
+    def _key_sets(self, allowed: tuple[str, ...]) -> tuple[KeySet | None, ...]:
+        """The route's issuers' current key sets (tuples compare items by identity first,
+        so an unchanged set costs no key comparison)."""
+        return tuple(self.stores[name].key_set for name in allowed)
 
     async def _verify_uncached(
         self, token: str, allowed: tuple[str, ...], trace: Trace | None

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from jwtproxy.config import Issuer
-from jwtproxy.errors import Expired, UnknownKid
+from jwtproxy.errors import BadSignature, Expired, NotYetValid, UnknownKid
 from jwtproxy.jwks import KeySet, KeyStore, parse_jwks
 from jwtproxy.verifier import Verifier
 from tests.conftest import AUDIENCE, ISSUER, ProxyFactory, base_config
@@ -221,3 +221,40 @@ async def test_report_only_never_denies_even_ambiguous_credentials(
     assert (await proxy.client.get("/x", headers={"Authorization": "Bearer x.y.z"})).status == 200
     assert upstream[0].received[-1].header("X-Auth-Subject") is None  # nothing verified
     assert await proxy.metric("jwtproxy_auth_total", route="api", result="denied") == 3
+
+
+async def test_lasting_refusals_are_remembered_until_the_keys_change(keys: KeyRing) -> None:
+    key_set, _ = parse_jwks(json.dumps(keys.jwks()).encode())
+    store = static_store(key_set)
+    issuer = Issuer(name="main", issuer=ISSUER, audiences=(AUDIENCE,), algorithms=("RS256",))
+    verifier = Verifier({"main": issuer}, {"main": store})
+    forged = mint(keys.other_rsa, claims())  # right kid, wrong key
+    calls = 0
+    check = Verifier.check_signature
+
+    def counting(parsed: Any, key: Any) -> None:
+        nonlocal calls
+        calls += 1
+        check(parsed, key)
+
+    verifier.check_signature = counting  # type: ignore[method-assign]
+    for _ in range(3):
+        with pytest.raises(BadSignature) as refused:
+            await verifier.verify(forged, ("main",))
+    assert calls == 1  # the replays cost no signature check
+    assert refused.value.cache_hit is True and refused.value.issuer == "main"
+    # the same keys fetched again: the refusal still holds
+    store.key_set, _ = parse_jwks(json.dumps(keys.jwks()).encode())
+    with pytest.raises(BadSignature):
+        await verifier.verify(forged, ("main",))
+    assert calls == 1
+    # the issuer rotates to the key that did sign it: the refusal is not trusted any more
+    store.key_set, _ = parse_jwks(json.dumps({"keys": [keys.other_rsa.public_jwk()]}).encode())
+    assert (await verifier.verify(forged, ("main",))).issuer == "main"
+    assert calls == 2
+    # a token that is merely not valid yet is never remembered as refused
+    early = mint(keys.rsa, claims(nbf=int(time.time()) + 3600))
+    for _ in range(2):
+        with pytest.raises(NotYetValid):
+            await verifier.verify(early, ("main",))
+    assert len(verifier.rejected) == 1
