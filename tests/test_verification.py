@@ -253,7 +253,7 @@ async def test_lasting_refusals_are_remembered_until_the_keys_change(keys: KeyRi
     assert (await verifier.verify(forged, ("main",))).issuer == "main"
     assert calls == 2
     # a token that is merely not valid yet is never remembered as refused
-    early = mint(keys.rsa, claims(nbf=int(time.time()) + 3600))
+    early = mint(keys.other_rsa, claims(nbf=int(time.time()) + 3600))
     for _ in range(2):
         with pytest.raises(NotYetValid):
             await verifier.verify(early, ("main",))
