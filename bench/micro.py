@@ -43,7 +43,8 @@ from jwtproxy.config import Forward, Issuer, Match, Route
 from jwtproxy.headers import HeaderPlan, TrustedProxies, response_headers
 from jwtproxy.jwks import build_stores
 from jwtproxy.matcher import RouteTable, normalize_path
-from jwtproxy.verifier import Verifier, parse
+from jwtproxy.token import parse
+from jwtproxy.verifier import Verifier
 
 AUD = "micro-api"
 

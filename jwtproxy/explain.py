@@ -28,7 +28,8 @@ from .config import Config, Route
 from .errors import JwtProxyError, KeysUnavailable
 from .gate import Decision, Gate, RequestView
 from .jwks import KeySet, KeyStore, build_stores
-from .verifier import Step, Verifier, parse
+from .token import parse
+from .verifier import Step, Verifier
 
 EXIT_ALLOW: Final = 0
 EXIT_DENY: Final = 1

@@ -23,7 +23,8 @@ from jwtproxy.gate import Decision, Gate, RequestView
 from jwtproxy.jwks import build_stores
 from jwtproxy.loader import load_text
 from jwtproxy.matcher import normalize_path
-from jwtproxy.verifier import Verifier, parse
+from jwtproxy.token import parse
+from jwtproxy.verifier import Verifier
 from tests.tokens import b64, b64json, mint
 
 FUZZ = settings(max_examples=300, deadline=None,

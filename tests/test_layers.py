@@ -17,7 +17,7 @@ LAYERS: Final = {
     "__init__": 0, "errors": 0,
     "config": 1, "loader": 1,
     "matcher": 2, "extractor": 2, "authorizer": 2, "headers": 2, "metrics": 2, "log": 2,
-    "jwks": 2, "pool": 2,
+    "jwks": 2, "pool": 2, "token": 2, "algorithms": 2,
     "verifier": 3,
     "gate": 4, "forwarder": 4,
     "app": 5, "explain": 5, "serve": 5,
@@ -27,6 +27,7 @@ LAYERS: Final = {
 # Imports within one layer: each one deliberate, listed here.
 SAME_LAYER: Final = {
     ("loader", "config"),     # the parser builds the value objects
+    ("algorithms", "jwks"),   # key_fits reads a key's kty, crv, alg, use and key_ops
     ("explain", "app"),       # prints the very error body the proxy would send
     ("serve", "app"),         # runs the apps
     ("cli", "demo"),          # `jwtproxy demo`

@@ -1,4 +1,4 @@
-"""The verifier's structural checks before any crypto (`parse`) and `key_fits`."""
+"""The structural checks before any crypto (`token.parse`) and `algorithms.key_fits`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from jwtproxy.algorithms import ALGORITHMS, key_fits
 from jwtproxy.errors import AlgNotAllowed, JwtProxyError, Malformed
 from jwtproxy.jwks import VerifyKey
-from jwtproxy.verifier import ALGORITHMS, MAX_JSON_DEPTH, key_fits, parse
+from jwtproxy.token import MAX_JSON_DEPTH, parse
 from tests.tokens import b64, b64json
 
 HEADER: dict[str, Any] = {"alg": "RS256", "typ": "JWT", "kid": "k1"}
