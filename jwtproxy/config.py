@@ -1,7 +1,7 @@
 """The config as frozen value objects, with the defaults as named constants.
 
-`loader` builds these from YAML and reports every problem with its path; everything
-downstream receives only a valid `Config`.
+`loader` reads YAML and `validation` builds these, reporting every problem with its path;
+everything downstream receives only a valid `Config`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ PACKAGE: Final = Path(__file__).resolve().parent.parent / "jwtproxy"
 
 LAYERS: Final = {
     "__init__": 0, "errors": 0,
-    "config": 1, "loader": 1,
+    "config": 1, "fields": 1, "issuer_validation": 1, "validation": 1, "loader": 1,
     "matcher": 2, "extractor": 2, "authorizer": 2, "headers": 2, "metrics": 2, "log": 2,
     "jwks": 2, "pool": 2, "token": 2, "algorithms": 2,
     "verifier": 3,
@@ -26,12 +26,19 @@ LAYERS: Final = {
 
 # Imports within one layer: each one deliberate, listed here.
 SAME_LAYER: Final = {
-    ("loader", "config"),     # the parser builds the value objects
-    ("algorithms", "jwks"),   # key_fits reads a key's kty, crv, alg, use and key_ops
-    ("explain", "app"),       # prints the very error body the proxy would send
-    ("serve", "app"),         # runs the apps
-    ("cli", "demo"),          # `jwtproxy demo`
-    ("cli", "supervisor"),    # `workers > 1`
+    ("fields", "config"),                 # a listen address becomes a `Listen`; url_allowed
+    ("issuer_validation", "config"),      # the checks build the value objects
+    ("issuer_validation", "fields"),      # ... from single checked values
+    ("validation", "config"),
+    ("validation", "fields"),
+    ("validation", "issuer_validation"),  # the issuers: section
+    ("loader", "config"),                 # load_text returns a `Config`
+    ("loader", "validation"),             # plain values from YAML, then every check
+    ("algorithms", "jwks"),               # key_fits reads a key's kty, crv, alg, use, key_ops
+    ("explain", "app"),                   # prints the very error body the proxy would send
+    ("serve", "app"),                     # runs the apps
+    ("cli", "demo"),                      # `jwtproxy demo`
+    ("cli", "supervisor"),                # `workers > 1`
     ("__main__", "cli"),
 }
 

@@ -1,0 +1,322 @@
+"""Plain config data and the line of each path → `Config`, with every problem at its path."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Final, cast
+from urllib.parse import urlsplit
+
+from .config import (
+    Admin,
+    Auth,
+    Config,
+    Forward,
+    Issuer,
+    Log,
+    Match,
+    Route,
+    Server,
+    Tls,
+    TokenSource,
+    TokenSourceKind,
+)
+from .fields import HOST_NAME, build
+from .issuer_validation import IssuerValidator
+
+HEADER_NAME: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2 token
+# Claim headers are stripped from every request on every route, then set: none of these
+# may be one (hop-by-hop and framing fields, credentials, what the proxy itself sets).
+NOT_FOR_CLAIMS: Final = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+     "trailer", "transfer-encoding", "upgrade", "host", "content-length", "proxy-connection",
+     "content-type", "content-encoding", "expect", "authorization", "cookie",
+     "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-request-id"}
+)
+METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+
+
+class Validator(IssuerValidator):
+    """Validates plain data into `Config`, collecting every problem."""
+
+    def __init__(self, lines: dict[str, int], base_dir: Path) -> None:
+        super().__init__(lines, base_dir)
+        self.token_headers: frozenset[str] = frozenset()
+
+    def config(self, data: Any) -> Config | None:
+        top = self.mapping("", data, {"server", "admin", "log", "issuers", "tokens", "routes"})
+        server = self.server(top.get("server"))
+        admin = self.admin(top.get("admin"))
+        log = self.log(top.get("log"))
+        issuers = self.issuers(top.get("issuers"))
+        tokens = self.tokens(top.get("tokens"))
+        routes = self.routes(top.get("routes"), issuers)
+        if server.listen == admin.listen:
+            self.problem("admin.listen", "must differ from server.listen")
+        if self.problems:
+            return None
+        return Config(issuers, routes, tokens, server, admin, log)
+
+    def server(self, value: Any) -> Server:
+        path = "server"
+        raw = self.mapping(path, value, {
+            "listen", "workers", "graceful_timeout", "keepalive_timeout", "max_token_bytes", "tls",
+            "trusted_proxies",
+        })
+        kwargs: dict[str, Any] = {}
+        if "listen" in raw:
+            kwargs["listen"] = self.listen(f"{path}.listen", raw["listen"])
+        if "workers" in raw:
+            workers = raw["workers"]
+            kwargs["workers"] = (
+                os.cpu_count() or 1 if workers == "auto"
+                else self.integer(f"{path}.workers", workers)
+            )
+        if "keepalive_timeout" in raw:
+            kwargs["keepalive_timeout"] = self.duration(
+                f"{path}.keepalive_timeout", raw["keepalive_timeout"])
+            if kwargs["keepalive_timeout"] == 0:
+                self.problem(f"{path}.keepalive_timeout", "must be more than 0")
+                kwargs["keepalive_timeout"] = None
+        if "graceful_timeout" in raw:
+            kwargs["graceful_timeout"] = self.duration(
+                f"{path}.graceful_timeout", raw["graceful_timeout"])
+        if "max_token_bytes" in raw:
+            kwargs["max_token_bytes"] = self.integer(
+                f"{path}.max_token_bytes", raw["max_token_bytes"], minimum=64)
+        if "tls" in raw:
+            tls = self.mapping(f"{path}.tls", raw["tls"], {"cert_file", "key_file"})
+            cert = self.file(f"{path}.tls.cert_file", tls.get("cert_file"))
+            key = self.file(f"{path}.tls.key_file", tls.get("key_file"))
+            kwargs["tls"] = Tls(cert, key) if cert and key else None
+        if "trusted_proxies" in raw:
+            networks = self.strings(f"{path}.trusted_proxies", raw["trusted_proxies"])
+            for i, net in enumerate(networks):
+                try:
+                    ipaddress.ip_network(net, strict=False)
+                except ValueError:
+                    self.problem(f"{path}.trusted_proxies[{i}]", f"not an IP network: {net!r}")
+            kwargs["trusted_proxies"] = networks
+        return build(Server, kwargs)
+
+    def admin(self, value: Any) -> Admin:
+        raw = self.mapping("admin", value, {"listen"})
+        kwargs = {"listen": self.listen("admin.listen", raw["listen"])} if "listen" in raw else {}
+        return build(Admin, kwargs)
+
+    def log(self, value: Any) -> Log:
+        raw = self.mapping("log", value, {"level", "format"})
+        kwargs: dict[str, Any] = {}
+        if "level" in raw:
+            kwargs["level"] = self.choice(
+                "log.level", raw["level"], ("debug", "info", "warning", "error"))
+        if "format" in raw:
+            kwargs["format"] = self.choice("log.format", raw["format"], ("json", "text"))
+        return build(Log, kwargs)
+
+    def tokens(self, value: Any) -> tuple[TokenSource, ...]:
+        if value is None:
+            return (TokenSource("header", "Authorization"),)
+        if not isinstance(value, list) or not value:
+            self.problem("tokens", "expected a non-empty list")
+            return ()
+        out: list[TokenSource] = []
+        for i, item in enumerate(value):
+            path = f"tokens[{i}]"
+            raw = self.mapping(path, item, {"header", "cookie", "query"})
+            if len(raw) != 1:
+                self.problem(path, "expected exactly one of header, cookie, query")
+                continue
+            ((kind, name),) = raw.items()
+            if kind not in ("header", "cookie", "query"):
+                continue  # reported as an unknown key
+            checked = (self.string if kind == "query" else self.token_name)(
+                f"{path}.{kind}", name)
+            if checked is None:
+                continue
+            source = TokenSource(cast(TokenSourceKind, kind), checked)
+            if any(seen.kind == kind and _same_name(seen, checked) for seen in out):
+                # the same place twice would make every request carrying it ambiguous (400)
+                self.problem(f"{path}.{kind}", f"duplicate token source {kind} {checked!r}")
+                continue
+            out.append(source)
+        self.token_headers = frozenset(
+            _header_key(source.name) for source in out if source.kind == "header")
+        return tuple(out)
+
+    def token_name(self, path: str, value: Any) -> str | None:
+        """A header or cookie name: an RFC 9110 §5.6.2 token (RFC 6265 §4.1.1 cookie-name)."""
+        name = self.string(path, value)
+        if name is not None and not HEADER_NAME.match(name):
+            self.problem(path, f"not a valid name: {name!r}")
+            return None
+        return name
+
+    def header_name(self, path: str, value: Any) -> str | None:
+        name = self.string(path, value)
+        if name is not None and not HEADER_NAME.match(name):
+            self.problem(path, f"not a valid header name: {name!r}")
+            return None
+        if name is not None and (
+            _header_key(name) in NOT_FOR_CLAIMS | self.token_headers
+        ):
+            self.problem(path, f"{name} cannot carry claims (it would be stripped from "
+                         "every request)")
+            return None
+        return name
+
+    def routes(self, value: Any, issuers: dict[str, Issuer]) -> tuple[Route, ...]:
+        if not isinstance(value, list) or not value:
+            self.problem("routes", "expected a non-empty list (no route means every request "
+                         "is answered 404)")
+            return ()
+        out: list[Route] = []
+        seen: set[str] = set()
+        for i, item in enumerate(value):
+            route = self.route(f"routes[{i}]", item, issuers)
+            if route is None:
+                continue
+            if route.name in seen:
+                self.problem(f"routes[{i}].name", f"duplicate route name {route.name!r}")
+            seen.add(route.name)
+            out.append(route)
+        return tuple(out)
+
+    def route(self, path: str, value: Any, issuers: dict[str, Issuer]) -> Route | None:
+        raw = self.mapping(path, value, {
+            "name", "match", "upstream", "auth", "forward", "cors_preflight", "timeouts",
+            "ca_file"})
+        kwargs: dict[str, Any] = {
+            "name": self.string(f"{path}.name", raw.get("name")),
+            "upstream": self.upstream(f"{path}.upstream", raw.get("upstream")),
+            "match": self.match(f"{path}.match", raw.get("match")),
+        }
+        public = raw.get("auth") == "none"
+        if not public:
+            kwargs["auth"] = self.auth(f"{path}.auth", raw.get("auth"), issuers)
+        if "forward" in raw:
+            kwargs["forward"] = self.forward(f"{path}.forward", raw["forward"])
+        if "cors_preflight" in raw:
+            kwargs["cors_preflight"] = self.choice(
+                f"{path}.cors_preflight", raw["cors_preflight"], ("pass", "authenticate"))
+        if "timeouts" in raw:
+            timeouts = self.mapping(f"{path}.timeouts", raw["timeouts"], {"connect", "read"})
+            if "connect" in timeouts:
+                kwargs["connect_timeout"] = self.duration(
+                    f"{path}.timeouts.connect", timeouts["connect"])
+            if "read" in timeouts:
+                kwargs["read_timeout"] = self.duration(f"{path}.timeouts.read", timeouts["read"])
+        if "ca_file" in raw:
+            kwargs["ca_file"] = self.file(f"{path}.ca_file", raw["ca_file"])
+        if kwargs["name"] is None or kwargs["upstream"] is None:
+            return None
+        route = build(Route, kwargs)
+        return replace(route, auth=None) if public else route
+
+    def upstream(self, path: str, value: Any) -> str | None:
+        url = self.url(path, value, insecure_ok=True)
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            self.problem(path, "expected scheme://host[:port] only: the request path is kept")
+            return None
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def match(self, path: str, value: Any) -> Match:
+        raw = self.mapping(path, value, {"host", "path", "path_prefix", "methods"})
+        kwargs: dict[str, Any] = {}
+        if "host" in raw:
+            host = self.string(f"{path}.host", raw["host"])
+            name = host[2:] if host and host.startswith("*.") else host
+            if name is not None and not HOST_NAME.fullmatch(name):
+                self.problem(f"{path}.host", f"expected a host name without port, or "
+                             f"*.domain, got {host!r}")
+                host = None
+            kwargs["host"] = host.lower().rstrip(".") if host else None
+        for key in ("path", "path_prefix"):
+            if key in raw:
+                text = self.string(f"{path}.{key}", raw[key])
+                if text is not None and not text.startswith("/"):
+                    self.problem(f"{path}.{key}", "must start with /")
+                kwargs[key] = text
+        if "path" in raw and "path_prefix" in raw:
+            self.problem(path, "use path or path_prefix, not both")
+        if "methods" in raw:
+            methods = [m.upper() for m in self.strings(f"{path}.methods", raw["methods"])]
+            for i, method in enumerate(methods):
+                if method not in METHODS:
+                    self.problem(f"{path}.methods[{i}]", f"unknown method {method!r}")
+            kwargs["methods"] = frozenset(methods)
+        return build(Match, kwargs)
+
+    def auth(self, path: str, value: Any, issuers: dict[str, Issuer]) -> Auth:
+        if isinstance(value, str):
+            self.problem(path, f"expected `none` or a mapping, got {value!r}")
+            return Auth()
+        raw = self.mapping(path, value, {"mode", "issuers", "scopes", "any_scopes", "claims"})
+        kwargs: dict[str, Any] = {}
+        if "mode" in raw:
+            kwargs["mode"] = self.choice(
+                f"{path}.mode", raw["mode"], ("required", "optional", "report_only"))
+        names = self.strings(f"{path}.issuers", raw["issuers"]) if "issuers" in raw else ()
+        for i, name in enumerate(names):
+            if name not in issuers:
+                self.problem(f"{path}.issuers[{i}]", f"unknown issuer {name!r}")
+        if not issuers:
+            self.problem(path, "a protected route needs at least one issuer under `issuers:`")
+        kwargs["issuers"] = names or tuple(issuers)
+        for key in ("scopes", "any_scopes"):
+            if key in raw:
+                kwargs[key] = self.strings(f"{path}.{key}", raw[key])
+        if "claims" in raw:
+            claims = self.free_mapping(f"{path}.claims", raw["claims"])
+            pairs = []
+            for claim, expected in claims.items():
+                if not isinstance(expected, str | int | bool):
+                    self.problem(f"{path}.claims.{claim}", "expected a string, number or bool")
+                    continue
+                pairs.append((claim, _claim_text(expected)))
+            kwargs["claims"] = tuple(pairs)
+        return build(Auth, kwargs)
+
+    def forward(self, path: str, value: Any) -> Forward:
+        raw = self.mapping(path, value, {"claims", "payload_header", "authorization"})
+        kwargs: dict[str, Any] = {}
+        if "claims" in raw:
+            claims = self.free_mapping(f"{path}.claims", raw["claims"])
+            pairs = []
+            for claim, header in claims.items():
+                name = self.header_name(f"{path}.claims.{claim}", header)
+                if name:
+                    pairs.append((claim, name))
+            kwargs["claims"] = tuple(pairs)
+        if "payload_header" in raw:
+            kwargs["payload_header"] = self.header_name(
+                f"{path}.payload_header", raw["payload_header"])
+        if "authorization" in raw:
+            kwargs["authorization"] = self.choice(
+                f"{path}.authorization", raw["authorization"], ("keep", "strip"))
+        return build(Forward, kwargs)
+
+
+def _header_key(name: str) -> str:
+    """As `headers.normalized_name`: the stripping is `_`/`-` and case-insensitive."""
+    return name.lower().replace("_", "-")
+
+
+def _same_name(source: TokenSource, name: str) -> bool:
+    # header names are case-insensitive (RFC 9110 §5.1); cookie and query names are not
+    return source.name.lower() == name.lower() if source.kind == "header" else (
+        source.name == name)
+
+
+def _claim_text(value: str | int | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
