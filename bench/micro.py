@@ -42,8 +42,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from jwtproxy.config import Forward, Issuer, Match, Route
 from jwtproxy.headers import HeaderPlan, TrustedProxies, response_headers
 from jwtproxy.jwks import build_stores
+from jwtproxy.jws import parse
 from jwtproxy.matcher import RouteTable, normalize_path
-from jwtproxy.token import parse
 from jwtproxy.verifier import Verifier
 
 AUD = "micro-api"

@@ -28,7 +28,7 @@ from .config import Config, Route
 from .errors import JwtProxyError, KeysUnavailable
 from .gate import Decision, Gate, RequestView
 from .jwks import KeySet, KeyStore, build_stores
-from .token import parse
+from .jws import parse
 from .verifier import Step, Verifier
 
 EXIT_ALLOW: Final = 0

@@ -28,7 +28,7 @@ from .errors import (
     WrongTyp,
 )
 from .jwks import KeySet, KeyStore, VerifyKey
-from .token import ParsedToken, parse
+from .jws import ParsedToken, parse
 
 DEFAULT_CACHE_SIZE: Final = 10_000
 REJECTION_TTL: Final = 300.0  # seconds a lasting refusal is remembered

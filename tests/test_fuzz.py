@@ -21,9 +21,9 @@ from jwtproxy.errors import ConfigError, JwtProxyError
 from jwtproxy.extractor import TokenExtractor
 from jwtproxy.gate import Decision, Gate, RequestView
 from jwtproxy.jwks import build_stores
+from jwtproxy.jws import parse
 from jwtproxy.loader import load_text
 from jwtproxy.matcher import normalize_path
-from jwtproxy.token import parse
 from jwtproxy.verifier import Verifier
 from tests.tokens import b64, b64json, mint
 

@@ -10,7 +10,7 @@ import pytest
 from jwtproxy.algorithms import ALGORITHMS, key_fits
 from jwtproxy.errors import AlgNotAllowed, JwtProxyError, Malformed
 from jwtproxy.jwks import VerifyKey
-from jwtproxy.token import MAX_JSON_DEPTH, parse
+from jwtproxy.jws import MAX_JSON_DEPTH, parse
 from tests.tokens import b64, b64json
 
 HEADER: dict[str, Any] = {"alg": "RS256", "typ": "JWT", "kid": "k1"}
