@@ -129,11 +129,11 @@ class Verifier:
         """Verify `token` for one of the `allowed` issuers; `trace` (explain) records each
         check and bypasses the cache."""
         digest = hashlib.sha256(token.encode()).digest()
-        if trace is None:
+        cached = self.cache.get(digest) if trace is None else None
+        if cached is None and trace is None:
             rejection = self.rejected.get((digest, allowed))
             if rejection is not None and rejection.keys == self._key_sets(allowed):
                 raise rejection.again()
-        cached = self.cache.get(digest) if trace is None else None
         if cached is not None and cached.issuer in allowed:
             issuer = self.issuers[cached.issuer]
             store = self.stores[cached.issuer]
