@@ -28,7 +28,7 @@ from .errors import (
 )
 from .forwarder import Forwarder, UpstreamTiming
 from .gate import Decision, Gate, RequestView
-from .jwks import KeyStore, build_stores
+from .jwks import KeyStore
 from .log import ACCESS_LOGGER
 from .metrics import NO_ISSUER, NO_ROUTE, Metrics
 from .verifier import Verifier
@@ -121,9 +121,8 @@ class ProxyApp:
             if old is not None and old.issuer == issuer:
                 stores[name] = old
             else:
-                store = build_stores([issuer], self.key_session, self.metrics)[name]
-                stores[name] = store
-                fresh.append(store)
+                stores[name] = KeyStore(issuer, self.key_session, self.metrics)
+                fresh.append(stores[name])
         await asyncio.gather(*(store.start() for store in fresh))
         verifier = Verifier(config.issuers, stores)
         for issuer in config.issuers.values():
@@ -161,7 +160,6 @@ class ProxyApp:
         view = RequestView(request.method, request.host, raw_path, raw_query, request.headers)
         timing = UpstreamTiming()
         decision: Decision | None = None
-        status = 500
         try:
             if _head_size(request) > state.head_limit:
                 raise HeaderSectionTooLarge("request header section too large")
@@ -174,9 +172,10 @@ class ProxyApp:
                 headers = decision.route.plan.request_headers(
                     request.headers, decision.claims, _peer(request), request.scheme, request_id)
                 path_qs = decision.upstream_path + sep + raw_query
-                if (request.version >= HttpVersion11  # RFC 9110 §10.1.1: not for 1.0
+                if (request.version >= HttpVersion11
                         and request.headers.get("Expect", "").lower() == "100-continue"):
                     # RFC 9110 §10.1.1: the body is wanted now that the request passed
+                    # (an HTTP/1.0 client gets no interim response)
                     await request.writer.write(CONTINUE)
                 if _is_websocket(request):
                     response = await self.forwarder.websocket(

@@ -1,4 +1,5 @@
-"""Streams the request upstream and the response back over one pooled ClientSession.
+"""Streams the request upstream and the response back: HTTP over the lean keep-alive
+pool (pool.py), WebSocket upgrades over one aiohttp ClientSession.
 
 Upstream failures before the response starts become 502 (refused, reset) or 504 (timed
 out); after it has started, the client connection is cut so a truncated body is never
@@ -26,20 +27,12 @@ from .pool import Connection, UpstreamError, UpstreamPool, UpstreamTimedOut
 
 log = logging.getLogger("jwtproxy.forwarder")
 
-CHUNK: Final = 64 * 1024
-POOL_LIMIT: Final = 1024
+WEBSOCKET_POOL_LIMIT: Final = 1024
 
 
 @dataclass(slots=True)
 class UpstreamTiming:
     seconds: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Upstream:
-    route: Route  # held so that its id() is not reused while cached
-    timeout: aiohttp.ClientTimeout
-    ssl: ssl.SSLContext | bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,21 +51,12 @@ class Forwarder:
     def __init__(self) -> None:
         self.session: aiohttp.ClientSession | None = None
         self.pool = UpstreamPool()
-        self._upstreams: dict[int, _Upstream] = {}  # by id(route): hashing a Route is slow
-        self._targets: dict[int, _Target] = {}
-
-    def _upstream(self, route: Route) -> _Upstream:
-        found = self._upstreams.get(id(route))
-        if found is None:
-            timeout = aiohttp.ClientTimeout(
-                total=None, sock_connect=route.connect_timeout, sock_read=route.read_timeout)
-            context = ssl.create_default_context(cafile=route.ca_file) if route.ca_file else True
-            found = self._upstreams[id(route)] = _Upstream(route, timeout, context)
-        return found
+        self._targets: dict[int, _Target] = {}  # by id(route): hashing a Route is slow
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=POOL_LIMIT, limit_per_host=POOL_LIMIT,
-                                         ttl_dns_cache=60, enable_cleanup_closed=True)
+        connector = aiohttp.TCPConnector(
+            limit=WEBSOCKET_POOL_LIMIT, limit_per_host=WEBSOCKET_POOL_LIMIT, ttl_dns_cache=60,
+            enable_cleanup_closed=True)
         self.session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
@@ -201,13 +185,14 @@ class Forwarder:
                      .split(",") if p.strip()]
         upstream_headers = CIMultiDict(
             (k, v) for k, v in headers.items() if not k.lower().startswith("sec-websocket-"))
-        settings = self._upstream(route)
+        tls = self._target(route).tls
         url = URL(route.upstream.replace("http", "ws", 1) + path_qs, encoded=True)
         try:
-            upstream = await self.session.ws_connect(
-                url, headers=upstream_headers, protocols=protocols, ssl=settings.ssl,
+            upstream = await asyncio.wait_for(self.session.ws_connect(
+                url, headers=upstream_headers, protocols=protocols,
+                ssl=tls if tls is not None else True,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10),
-                autoping=False, max_msg_size=0)
+                autoping=False, max_msg_size=0), route.connect_timeout + route.read_timeout)
         except TimeoutError:
             raise UpstreamTimeout("upstream timed out") from None
         except (aiohttp.ClientError, OSError) as err:

@@ -19,7 +19,6 @@ import httptools
 
 HIGH_WATER: Final = 1024 * 1024  # buffered response bytes before reading pauses
 MAX_IDLE_PER_UPSTREAM: Final = 256
-REQUEST_CHUNK: Final = 64 * 1024
 
 
 PoolKey = tuple[str, int, ssl.SSLContext | None]
