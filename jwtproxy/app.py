@@ -13,10 +13,12 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Final
 
 import aiohttp
 from aiohttp import HttpVersion11, web
+from aiohttp.web_protocol import RequestHandler
 
 from .config import Config
 from .errors import (
@@ -296,7 +298,29 @@ def header_section_limit(config: Config) -> int:
     return max(MAX_HEADER_SECTION, config.server.max_token_bytes + MAX_HEADER_FIELD)
 
 
+class _ProxyRequestHandler(RequestHandler):
+    """Answers what aiohttp's HTTP parser refuses with the contract's JSON error body,
+    never with aiohttp's text one, which quotes the offending line (it may hold a token)."""
+
+    def handle_error(
+        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs; refuses if bytes went out
+        error = "invalid_request" if status < 500 else "server_error"
+        response = web.json_response(
+            {"error": error, "error_description": HTTPStatus(status).phrase.lower()},
+            status=status)
+        response.force_close()
+        return response
+
+
+class _ProxyServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _ProxyRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
 def proxy_server(proxy: ProxyApp, config: Config) -> web.Server:
-    return web.Server(proxy.handle, **server_options(config))
+    return _ProxyServer(proxy.handle, **server_options(config))
 
 
