@@ -123,8 +123,10 @@ class Gate:
         if token is None:
             _note(steps, "token", auth.mode != "required", f"no token (mode {auth.mode})")
             decision.auth_reason = "missing"
+            # report_only counts what `required` would deny; optional lets it through
+            decision.auth_denied = auth.mode != "optional"
             if auth.mode == "required":
-                decision.error, decision.auth_denied = MissingToken("no token"), True
+                decision.error = MissingToken("no token")
             return decision
         _note(steps, "token", True, f"found ({len(token)} bytes)")
         try:

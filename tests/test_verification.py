@@ -220,7 +220,10 @@ async def test_report_only_never_denies_even_ambiguous_credentials(
     assert (await proxy.client.get("/x", headers=huge)).status == 200
     assert (await proxy.client.get("/x", headers={"Authorization": "Bearer x.y.z"})).status == 200
     assert upstream[0].received[-1].header("X-Auth-Subject") is None  # nothing verified
-    assert await proxy.metric("jwtproxy_auth_total", route="api", result="denied") == 3
+    assert (await proxy.client.get("/x")).status == 200  # no token at all
+    assert await proxy.metric("jwtproxy_auth_total", route="api", result="denied") == 4
+    assert await proxy.metric("jwtproxy_auth_total", route="api", result="denied",
+                              reason="missing") == 1
 
 
 async def test_lasting_refusals_are_remembered_until_the_keys_change(keys: KeyRing) -> None:
