@@ -205,7 +205,8 @@ class KeyStore:
         raise KeysUnavailable(f"keys of issuer {self.issuer.name} are unavailable")
 
     def _refresh_due(self, now: float) -> bool:
-        return (self.is_remote and self._inflight is None
+        # a jwks_file is re-read too, so a rotated key file (a mounted Secret) is picked up
+        return (self.issuer.secret is None and self._inflight is None
                 and now - self.last_attempt >= self.settings.refresh_min_interval)
 
     async def refresh_for_unknown_kid(self) -> KeySet:

@@ -194,3 +194,21 @@ async def test_rotated_key_is_picked_up_on_unknown_kid(
     resp = await proxy.client.get("/x", headers={"Authorization": f"Bearer {bogus}"})
     assert resp.status == 401
     assert jwks[0].hits == hits
+
+
+async def test_a_jwks_file_is_reread_after_its_ttl(keys: KeyRing, tmp_path: Any) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [keys.rsa.public_jwk()]}))
+    clock = Clock()
+    issuer = Issuer(name="file", issuer=ISSUER, jwks_file=str(path),
+                    jwks=JwksSettings(cache_ttl=60, refresh_min_interval=1))
+    store = KeyStore(issuer, None, clock=clock)
+    await store.start()
+    assert [k.kid for k in (await store.current()).keys] == ["rsa-1"]
+    path.write_text(json.dumps({"keys": [keys.rsa.public_jwk(), keys.ec.public_jwk()]}))
+    assert len((await store.current()).keys) == 1  # within the TTL: no re-read
+    clock.now += 61
+    await store.current()  # past the TTL: served as is, re-read in the background
+    assert store._inflight is not None
+    await store._inflight
+    assert [k.kid for k in (await store.current()).keys] == ["rsa-1", "ec-1"]
