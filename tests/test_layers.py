@@ -20,7 +20,7 @@ LAYERS: Final = {
     "jwks": 2, "pool": 2, "jws": 2, "algorithms": 2,
     "verifier": 3,
     "gate": 4, "forwarder": 4,
-    "app": 5, "explain": 5, "serve": 5,
+    "app": 5, "explain": 5, "explain_text": 5, "serve": 5,
     "cli": 6, "demo": 6, "supervisor": 6, "__main__": 6,
 }
 
@@ -36,6 +36,7 @@ SAME_LAYER: Final = {
     ("loader", "validation"),             # plain values from YAML, then every check
     ("algorithms", "jwks"),               # key_fits reads a key's kty, crv, alg, use, key_ops
     ("explain", "app"),                   # prints the very error body the proxy would send
+    ("explain", "explain_text"),          # the words and the rendering of the report
     ("serve", "app"),                     # runs the apps
     ("cli", "demo"),                      # `jwtproxy demo`
     ("cli", "supervisor"),                # `workers > 1`
