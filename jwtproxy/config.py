@@ -27,6 +27,14 @@ DEFAULT_ASYMMETRIC_ALGORITHMS: Final = ("RS256",)
 DEFAULT_SYMMETRIC_ALGORITHMS: Final = ("HS256",)
 COGNITO_HOST_TEMPLATE: Final = "https://cognito-idp.{region}.amazonaws.com"
 LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain"})
+# RFC 9110 §7.6.1 hop-by-hop fields, plus the non-standard ones proxies still see.
+HOP_BY_HOP: Final = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+    "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+})
+# What the proxy sets on every forwarded request (client copies never pass).
+PROXY_SET_HEADERS: Final = frozenset(
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-request-id"})
 
 ASYMMETRIC_ALGORITHMS: Final = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",

@@ -15,15 +15,9 @@ from typing import Any, Final
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .config import Route
+from .config import HOP_BY_HOP, PROXY_SET_HEADERS, Route
 
-# RFC 9110 §7.6.1 hop-by-hop fields, plus the non-standard ones proxies still see.
-HOP_BY_HOP: Final = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-    "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
-})
-REQUEST_ONLY_DROPPED: Final = frozenset({"expect", "x-forwarded-proto", "x-forwarded-host",
-                                         "x-forwarded-for", "forwarded", "x-request-id"})
+REQUEST_ONLY_DROPPED: Final = PROXY_SET_HEADERS | {"expect"}
 RESPONSE_DROPPED_RAW: Final = frozenset(
     name.encode() for name in HOP_BY_HOP | {"content-length"})
 REQUEST_ID: Final = "X-Request-Id"

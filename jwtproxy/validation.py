@@ -11,6 +11,8 @@ from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 from .config import (
+    HOP_BY_HOP,
+    PROXY_SET_HEADERS,
     Admin,
     Auth,
     Config,
@@ -30,12 +32,9 @@ from .issuer_validation import IssuerValidator
 HEADER_NAME: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2 token
 # Claim headers are stripped from every request on every route, then set: none of these
 # may be one (hop-by-hop and framing fields, credentials, what the proxy itself sets).
-NOT_FOR_CLAIMS: Final = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-     "trailer", "transfer-encoding", "upgrade", "host", "content-length", "proxy-connection",
-     "content-type", "content-encoding", "expect", "authorization", "cookie",
-     "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-request-id"}
-)
+NOT_FOR_CLAIMS: Final = HOP_BY_HOP | PROXY_SET_HEADERS | {
+    "host", "content-length", "content-type", "content-encoding", "expect", "authorization",
+    "cookie"}
 METHODS: Final = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 )
