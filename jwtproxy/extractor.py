@@ -18,6 +18,11 @@ class TokenExtractor:
     def __init__(self, sources: Sequence[TokenSource], max_token_bytes: int) -> None:
         self.sources = tuple(sources)
         self.max_token_bytes = max_token_bytes
+        # a header source already refuses a repeated header: check Authorization apart
+        # only when it is not one of the sources
+        self.check_authorization = not any(
+            source.kind == "header" and source.name.lower() == "authorization"
+            for source in self.sources)
 
     def extract(self, headers: Headers, query_string: str) -> str | None:
         """The token, or None if the request carries none.
@@ -26,7 +31,7 @@ class TokenExtractor:
         use more than one method) and `Malformed` for a token over the size limit.
         """
         found: str | None = None
-        if len(headers.getall("Authorization", [])) > 1:
+        if self.check_authorization and len(headers.getall("Authorization", [])) > 1:
             raise InvalidRequest("more than one Authorization header")
         for source in self.sources:
             token = self._from_source(source, headers, query_string)

@@ -40,24 +40,18 @@ class FieldChecker:
         where = f" (line {line})" if line else ""
         self.problems.append(f"{path or '<config>'}: {message}{where}")
 
-    def mapping(self, path: str, value: Any, allowed: set[str]) -> dict[str, Any]:
+    def mapping(self, path: str, value: Any, allowed: set[str] | None) -> dict[str, Any]:
+        """A mapping; `allowed` None means its keys are the user's (claim names), not
+        part of the schema."""
         if value is None:
             return {}
         if not isinstance(value, dict):
             self.problem(path, "expected a mapping")
             return {}
-        for key in value:
-            if key not in allowed:
-                self.problem(f"{path}.{key}" if path else key, "unknown key")
-        return value
-
-    def free_mapping(self, path: str, value: Any) -> dict[str, Any]:
-        """A mapping whose keys are the user's (claim names), not part of the schema."""
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.problem(path, "expected a mapping")
-            return {}
+        if allowed is not None:
+            for key in value:
+                if key not in allowed:
+                    self.problem(f"{path}.{key}" if path else key, "unknown key")
         return value
 
     def string(self, path: str, value: Any) -> str | None:

@@ -274,7 +274,7 @@ class Validator(IssuerValidator):
             if key in raw:
                 kwargs[key] = self.strings(f"{path}.{key}", raw[key])
         if "claims" in raw:
-            claims = self.free_mapping(f"{path}.claims", raw["claims"])
+            claims = self.mapping(f"{path}.claims", raw["claims"], None)
             pairs = []
             for claim, expected in claims.items():
                 if not isinstance(expected, str | int | bool):
@@ -288,7 +288,7 @@ class Validator(IssuerValidator):
         raw = self.mapping(path, value, {"claims", "payload_header", "authorization"})
         kwargs: dict[str, Any] = {}
         if "claims" in raw:
-            claims = self.free_mapping(f"{path}.claims", raw["claims"])
+            claims = self.mapping(f"{path}.claims", raw["claims"], None)
             pairs = []
             for claim, header in claims.items():
                 name = self.header_name(f"{path}.claims.{claim}", header)
