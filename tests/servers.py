@@ -35,21 +35,26 @@ class JwksEndpoint:
         return app
 
 
+class HeaderLookup:
+    """Case-insensitive lookups over a message's header list, as it was on the wire."""
+
+    headers: list[tuple[str, str]]
+
+    def header_all(self, name: str) -> list[str]:
+        return [value for key, value in self.headers if key.lower() == name.lower()]
+
+    def header(self, name: str) -> str | None:
+        """The first value of `name`, if any."""
+        values = self.header_all(name)
+        return values[0] if values else None
+
+
 @dataclass
-class Received:
+class Received(HeaderLookup):
     method: str
     path_qs: str
     headers: list[tuple[str, str]]
     body: bytes
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key.lower() == name.lower():
-                return value
-        return None
-
-    def header_all(self, name: str) -> list[str]:
-        return [value for key, value in self.headers if key.lower() == name.lower()]
 
 
 @dataclass

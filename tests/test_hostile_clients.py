@@ -20,7 +20,7 @@ import pytest
 from jwtproxy.app import server_options
 from tests.conftest import AUDIENCE, ISSUER, Proxy, ProxyFactory, base_config
 from tests.proc import proxy_process
-from tests.servers import JwksEndpoint
+from tests.servers import HeaderLookup, JwksEndpoint
 from tests.tokens import KeyRing, mint
 
 Jwks = tuple[JwksEndpoint, str]
@@ -33,7 +33,7 @@ HEADER_DEADLINE_MAX = 75.0  # nginx client_header_timeout 60s, old aiohttp keep-
 
 
 @dataclass
-class Seen:
+class Seen(HeaderLookup):
     """One complete request as the upstream parsed it."""
 
     method: str
@@ -41,10 +41,8 @@ class Seen:
     headers: list[tuple[str, str]]
     body: bytes
 
-    def header_all(self, name: str) -> list[str]:
-        return [value for key, value in self.headers if key.lower() == name.lower()]
-
     def header(self, name: str) -> str | None:
+        """The last value of `name`, if any."""
         values = self.header_all(name)
         return values[-1] if values else None
 
@@ -144,16 +142,10 @@ async def raw_upstream() -> AsyncIterator[RawUpstream]:
 
 
 @dataclass
-class Answer:
+class Answer(HeaderLookup):
     status: int
     headers: list[tuple[str, str]]
     body: bytes
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key.lower() == name.lower():
-                return value
-        return None
 
 
 class RawClient:
