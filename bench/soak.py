@@ -7,7 +7,9 @@ Content-Length. Then every request is accounted for:
 - every allowed request reached the upstream exactly once (matched by the X-Request-Id
   the client sets), its body byte-identical (sha256), with its own token's subject;
 - every denied request never reached the upstream;
-- every response is intact (the upstream sends its body's sha256 in a header);
+- every response is intact (the upstream sends its body's sha256 in a header) and is the
+  answer to its own request (3% of upstream answers are followed by a second, stale
+  response that a desynchronised pool would hand to the next request);
 - the proxy's RSS is flat within 10% after warm-up, and no file descriptor leaks
   (idle upstream connections in the proxy's pool are allowed for).
 
@@ -190,10 +192,22 @@ class RecordingUpstream:
         else:
             self.records[request_id] = Record(request.path, digest.hexdigest(), size, subject)
         body = self.response_body(request_id or "")
-        return web.Response(body=body, headers={
+        response = web.Response(body=body, headers={
             "X-Body-Sha256": digest.hexdigest(), "X-Body-Bytes": str(size),
             "X-Response-Sha256": hashlib.sha256(body).hexdigest(),
             "X-Seen-Subject": subject or "-"})
+        if "/misbehave/" not in request.path:
+            return response
+        # a misbehaving upstream: a second, complete response right after the real one;
+        # a proxy that reused this connection would hand it to the next request
+        await response.prepare(request)
+        await response.write_eof()
+        if request.transport is not None:
+            stale = b"stale " + (request_id or "").encode()
+            request.transport.write(
+                b"HTTP/1.1 200 OK\r\nX-Request-Id: stale-%b\r\nContent-Length: %d\r\n\r\n%b"
+                % ((request_id or "").encode(), len(stale), stale))
+        return response
 
     def response_body(self, request_id: str) -> bytes:
         """Mostly under 4 KiB, one in 40 between 64 and 512 KiB."""
@@ -231,7 +245,8 @@ class Outcome:
 
 class Plan:
     """A seeded stream of requests: 65% valid token (several subjects), 15% invalid token,
-    8% no token, 12% public; bodies mostly under 2 KiB, some up to 1 MiB, one request in
+    8% no token, 9% public, 3% public answered with an extra response after the real one;
+    bodies mostly under 2 KiB, some up to 1 MiB, one request in
     `big_every` between 1 and 8 MiB; half with Content-Length, half chunked."""
 
     def __init__(self, identity: Identity, seed: int, big_every: int = 400) -> None:
@@ -268,8 +283,10 @@ class Plan:
             token, path, allowed = self.rng.choice(self.invalid), f"/api/x/{self.count}", False
         elif roll < 0.88:
             path, allowed = f"/api/none/{self.count}", False
-        else:
+        elif roll < 0.97:
             path, allowed = f"/public/{self.count}", True
+        else:  # answered with an extra response after the real one (see RecordingUpstream)
+            path, allowed = f"/public/misbehave/{self.count}", True
         size = self.body_size()
         offset = self.rng.randrange(BODY_POOL - size + 1)
         digest = hashlib.sha256(memoryview(self.bodies)[offset:offset + size]).hexdigest()

@@ -11,10 +11,10 @@ import re
 import ssl
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import aiohttp
 from aiohttp import HttpVersion11, web
@@ -28,17 +28,19 @@ from .errors import (
     KeysUnavailable,
     MissingToken,
 )
-from .forwarder import Forwarder, UpstreamTiming
+from .forwarder import Forwarder, Sent, UpstreamTiming
 from .gate import Decision, Gate, RequestView
 from .jwks import KeyStore
 from .log import ACCESS_LOGGER
 from .metrics import NO_ISSUER, NO_ROUTE, Metrics
+from .pool import Parked, UpstreamPool
 from .verifier import Verifier
 
 log = logging.getLogger("jwtproxy.app")
 access_log = logging.getLogger(ACCESS_LOGGER)
 
 REALM: Final = 'Bearer realm="jwtproxy"'
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 RETRY_AFTER_SECONDS: Final = 30
 MAX_HEADER_FIELD: Final = 64 * 1024
 METRICS_FLUSH_INTERVAL: Final = 1.0  # seconds: how stale another worker's scrape may be
@@ -85,7 +87,7 @@ class ProxyApp:
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self.metrics = metrics
-        self.forwarder = Forwarder()
+        self.forwarder = Forwarder(metrics.upstream_connection_closed)
         self.key_session: aiohttp.ClientSession | None = None
         self.state: State | None = None
         self.initial_config = config
@@ -97,6 +99,7 @@ class ProxyApp:
             timeout=aiohttp.ClientTimeout(total=30), cookie_jar=aiohttp.DummyCookieJar())
         await self.forwarder.start()
         self.state = await self.build_state(self.initial_config, {})
+        self._use_upstreams(self.initial_config)
         self._flusher = asyncio.create_task(self._flush_metrics())
 
     async def _flush_metrics(self) -> None:
@@ -136,9 +139,15 @@ class ProxyApp:
         assert self.state is not None
         old = self.state
         self.state = await self.build_state(config, old.stores)
+        self._use_upstreams(config)
         kept = set(map(id, self.state.stores.values()))
         await asyncio.gather(*(store.close() for store in old.stores.values()
                                if id(store) not in kept))
+
+    def _use_upstreams(self, config: Config) -> None:
+        self.forwarder.pool.configure(
+            config.server.upstream_idle_timeout, config.server.upstream_max_idle)
+        self.forwarder.retain(config.routes)
 
     def missing_keys(self) -> list[dict[str, str]]:
         """Issuers used by a route that have no usable keys (for /readyz)."""
@@ -151,7 +160,7 @@ class ProxyApp:
             if name in used and not store.ready
         ]
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse | Sent:
         started = time.perf_counter()
         state = self.state
         assert state is not None
@@ -168,7 +177,7 @@ class ProxyApp:
             decision = await state.gate.decide(view)
             self._record_auth(decision)
             if decision.error is not None:
-                response: web.StreamResponse = error_response(decision.error)
+                response: web.StreamResponse | Sent = error_response(decision.error)
             else:
                 assert decision.route is not None
                 headers = decision.route.plan.request_headers(
@@ -194,7 +203,7 @@ class ProxyApp:
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("request", extra=_access_fields(
                 request, route_name, status, elapsed, timing, decision, request_id))
-        if not response.prepared:
+        if isinstance(response, web.StreamResponse) and not response.prepared:
             response.headers["X-Request-Id"] = request_id
         return response
 
@@ -299,8 +308,21 @@ def header_section_limit(config: Config) -> int:
 
 
 class _ProxyRequestHandler(RequestHandler):
-    """Answers what aiohttp's HTTP parser refuses with the contract's JSON error body,
-    never with aiohttp's text one, which quotes the offending line (it may hold a token)."""
+    """One client connection. Holds the upstream connections parked for it (pool.py binds
+    each to one client connection) and closes them with it. Answers what aiohttp's HTTP
+    parser refuses with the contract's JSON error body, never with aiohttp's text one,
+    which quotes the offending line (it may hold a token)."""
+
+    __slots__ = ("parked", "pool")
+
+    def __init__(self, manager: _ProxyServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.parked: Parked = {}
+        self.pool: UpstreamPool = manager.pool
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self.pool.client_closed(self.parked)
 
     def handle_error(
         self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
@@ -316,11 +338,16 @@ class _ProxyRequestHandler(RequestHandler):
 
 
 class _ProxyServer(web.Server):
+    def __init__(self, proxy: ProxyApp, **kwargs: Any) -> None:
+        # the handler may return a `Sent` (duck-typed: see forwarder.Sent)
+        super().__init__(cast(Handler, proxy.handle), **kwargs)
+        self.pool = proxy.forwarder.pool
+
     def __call__(self) -> RequestHandler:
         return _ProxyRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
 def proxy_server(proxy: ProxyApp, config: Config) -> web.Server:
-    return _ProxyServer(proxy.handle, **server_options(config))
+    return _ProxyServer(proxy, **server_options(config))
 
 

@@ -23,6 +23,10 @@ DEFAULT_STALE_IF_ERROR: Final = 86400.0
 DEFAULT_FETCH_TIMEOUT: Final = 5.0
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 DEFAULT_READ_TIMEOUT: Final = 60.0
+# Idle upstream connections are closed before the upstream's own keep-alive timeout could
+# (Node's, uvicorn's and Apache's is 5 s), so a reused one is rarely found dead.
+DEFAULT_UPSTREAM_IDLE_TIMEOUT: Final = 4.0
+DEFAULT_UPSTREAM_MAX_IDLE: Final = 128  # idle connections kept per upstream
 DEFAULT_ASYMMETRIC_ALGORITHMS: Final = ("RS256",)
 DEFAULT_SYMMETRIC_ALGORITHMS: Final = ("HS256",)
 COGNITO_HOST_TEMPLATE: Final = "https://cognito-idp.{region}.amazonaws.com"
@@ -71,6 +75,8 @@ class Server:
     max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES
     tls: Tls | None = None
     trusted_proxies: tuple[str, ...] = ()
+    upstream_idle_timeout: float = DEFAULT_UPSTREAM_IDLE_TIMEOUT
+    upstream_max_idle: int = DEFAULT_UPSTREAM_MAX_IDLE
 
 
 @dataclass(frozen=True, slots=True)

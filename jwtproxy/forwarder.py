@@ -10,20 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 from yarl import URL
 
 from .config import Route
 from .errors import ClientBodyTimeout, ClientGone, UpstreamTimeout, UpstreamUnavailable
-from .headers import REQUEST_ID, response_headers
-from .pool import Connection, UpstreamError, UpstreamPool, UpstreamTimedOut
+from .headers import REQUEST_ID, response_bytes, response_headers
+from .pool import (
+    Connection,
+    Parked,
+    PoolKey,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTimedOut,
+)
 
 log = logging.getLogger("jwtproxy.forwarder")
 
@@ -37,21 +46,30 @@ class UpstreamTiming:
 
 @dataclass(frozen=True, slots=True)
 class _Target:
-    route: Route  # held so that its id() is not reused while cached
     host: str
     port: int
     tls: ssl.SSLContext | None
     authority: str
 
+    @property
+    def pool_key(self) -> PoolKey:
+        return (self.host, self.port, self.tls)
+
+
+TargetKey = tuple[str, str | None]  # (upstream URL, CA file): equal settings, one target
+TlsKey = tuple[str | None, int, int]  # (CA file, its mtime and size): re-read when changed
+
 
 class Forwarder:
-    """Upstream connections for the process lifetime, for routes of any config version:
-    the lean pool for HTTP, one aiohttp session for WebSocket upgrades."""
+    """Upstream connections for the process lifetime, shared by every config version:
+    the lean pool for HTTP, one aiohttp session for WebSocket upgrades. Routes with equal
+    upstream settings share one target, one TLS context and so one set of connections."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_close: Callable[[str], None] | None = None) -> None:
         self.session: aiohttp.ClientSession | None = None
-        self.pool = UpstreamPool()
-        self._targets: dict[int, _Target] = {}  # by id(route): hashing a Route is slow
+        self.pool = UpstreamPool(on_close)
+        self._targets: dict[TargetKey, _Target] = {}
+        self._tls: dict[TlsKey, ssl.SSLContext] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -68,15 +86,34 @@ class Forwarder:
             await self.session.close()
 
     def _target(self, route: Route) -> _Target:
-        found = self._targets.get(id(route))
-        if found is None:
-            url = URL(route.upstream)
-            tls: ssl.SSLContext | None = None
-            if url.scheme == "https":
-                tls = ssl.create_default_context(cafile=route.ca_file)
-            found = self._targets[id(route)] = _Target(
-                route, url.raw_host or "", url.port or 80, tls, url.raw_authority)
+        found = self._targets.get((route.upstream, route.ca_file))
+        if found is None:  # a request of an older config, begun before a reload
+            found = self._build_target(route, self._tls)
         return found
+
+    def _build_target(self, route: Route, contexts: dict[TlsKey, ssl.SSLContext]) -> _Target:
+        url = URL(route.upstream)
+        tls: ssl.SSLContext | None = None
+        if url.scheme == "https":
+            key = _tls_key(route.ca_file)
+            tls = contexts.get(key) or self._tls.get(key)
+            if tls is None:
+                tls = ssl.create_default_context(cafile=route.ca_file)
+            contexts[key] = tls
+        return _Target(url.raw_host or "", url.port or 80, tls, url.raw_authority)
+
+    def retain(self, routes: Iterable[Route]) -> None:
+        """The upstreams a new config uses: targets and TLS contexts of equal settings are
+        kept (with their pooled connections); those of upstreams no longer used are
+        dropped and their connections closed (idle ones now, busy ones when done)."""
+        targets: dict[TargetKey, _Target] = {}
+        contexts: dict[TlsKey, ssl.SSLContext] = {}
+        for route in routes:
+            key = (route.upstream, route.ca_file)
+            if key not in targets:
+                targets[key] = self._build_target(route, contexts)
+        self._targets, self._tls = targets, contexts
+        self.pool.retain(frozenset(target.pool_key for target in targets.values()))
 
     async def forward(
         self,
@@ -85,7 +122,7 @@ class Forwarder:
         path_qs: str,
         headers: CIMultiDict[str],
         timing: UpstreamTiming,
-    ) -> web.StreamResponse:
+    ) -> web.StreamResponse | Sent:
         """`path_qs` is the raw request target, forwarded as is (no re-encoding)."""
         target = self._target(route)
         has_body = request.body_exists
@@ -96,24 +133,26 @@ class Forwarder:
             headers["Transfer-Encoding"] = "chunked"
         head = _request_head(request.method, path_qs, headers)
         started = time.perf_counter()
-        conn = await self._send(request, route, target, head, has_body, chunked)
+        parked = _parked(request)
+        conn = await self._send(request, route, target, head, has_body, chunked, parked)
         timing.seconds = time.perf_counter() - started
         try:
             return await self._relay(request, route, conn, headers[REQUEST_ID])
         finally:
-            self.pool.release(conn)
+            self.pool.release(conn, parked)
 
     async def _send(
         self, request: web.BaseRequest, route: Route, target: _Target, head: bytes,
-        has_body: bool, chunked: bool,
+        has_body: bool, chunked: bool, parked: Parked | None,
     ) -> Connection:
-        """Send the request and wait for the response head. A reused connection that
-        fails before answering is retried once on a fresh one when there is no body
-        (it was most likely closed by the upstream's keep-alive timeout)."""
+        """Send the request and wait for the response head. A reused connection is
+        retried once on a fresh one only when the request provably never reached the
+        upstream: nothing was written, or (for a request without a body) the upstream
+        closed the connection before a single response byte (its keep-alive timeout)."""
         for attempt in (1, 2):
             try:
                 conn, reused = await self.pool.connect(
-                    target.host, target.port, target.tls, route.connect_timeout)
+                    parked, target.host, target.port, target.tls, route.connect_timeout)
             except UpstreamTimedOut:
                 raise UpstreamTimeout("upstream connect timed out") from None
             except UpstreamError as err:
@@ -131,8 +170,10 @@ class Forwarder:
                 self.pool.discard(conn)
                 raise UpstreamTimeout("upstream timed out") from None
             except UpstreamError as err:
+                retry = reused and attempt == 1 and (
+                    not conn.wrote or (conn.unanswered and not has_body))
                 self.pool.discard(conn)
-                if reused and not has_body and attempt == 1:
+                if retry:
                     continue
                 log.warning("upstream_error", extra={"route": route.name, "error": str(err)})
                 raise UpstreamUnavailable("upstream unavailable") from None
@@ -145,12 +186,19 @@ class Forwarder:
 
     async def _relay(
         self, request: web.BaseRequest, route: Route, conn: Connection, request_id: str
-    ) -> web.StreamResponse:
+    ) -> web.StreamResponse | Sent:
+        bodyless = request.method == "HEAD" or conn.status in (204, 304)
+        if conn.complete and not bodyless and request.version == HttpVersion11:
+            # the common case: the whole response is here; written in one piece
+            keep_alive = request.keep_alive
+            await request.writer.write(response_bytes(
+                conn.status, conn.reason, conn.headers, conn.take_body(), request_id,
+                keep_alive))
+            return Sent(conn.status, keep_alive)
         headers = response_headers(conn.headers)
         if not any(name.lower() == "x-request-id" for name, _ in headers):
             headers.append((REQUEST_ID, request_id))
         reason = conn.reason.decode("latin-1") or None
-        bodyless = request.method == "HEAD" or conn.status in (204, 304)
         if conn.complete and not bodyless:
             return RelayedResponse(status=conn.status, reason=reason, headers=headers,
                                    body=conn.take_body())
@@ -171,6 +219,9 @@ class Forwarder:
             log.warning("upstream_body_error", extra={"route": route.name, "error": str(err)})
             self.pool.discard(conn)
             _abort(request)  # a truncated body must not look like a whole one
+            return response
+        except ConnectionError:
+            self.pool.discard(conn)  # the client went away mid-body: so does the upstream
             return response
         await response.write_eof()
         return response
@@ -223,6 +274,24 @@ async def _pump(
             await sink.pong(message.data)
     if not sink.closed:
         await sink.close(code=source.close_code or aiohttp.WSCloseCode.OK)
+
+
+class Sent:
+    """A response already written whole (head and body in one write): what aiohttp's
+    request loop asks of a returned response (`prepare`, `write_eof`, `keep_alive`; see
+    RequestHandler.finish_response in aiohttp 3.14) has nothing left to do."""
+
+    __slots__ = ("keep_alive", "status")
+    prepared: Final = True
+
+    def __init__(self, status: int, keep_alive: bool) -> None:
+        self.status, self.keep_alive = status, keep_alive
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
 
 
 class _Verbatim(web.StreamResponse):
@@ -279,6 +348,23 @@ async def _send_body(
             await conn.write(chunk)
     if chunked:
         await conn.write(b"0\r\n\r\n")
+
+
+def _parked(request: web.BaseRequest) -> Parked | None:
+    """The client connection's parked upstream connections (see UpstreamPool), held by
+    the proxy's own request handler; None for any other server."""
+    parked: Parked | None = getattr(request.protocol, "parked", None)
+    return parked
+
+
+def _tls_key(ca_file: str | None) -> TlsKey:
+    if ca_file is None:
+        return (None, 0, 0)
+    try:
+        stat = os.stat(ca_file)
+    except OSError:
+        return (ca_file, 0, 0)  # the context build reports it
+    return (ca_file, stat.st_mtime_ns, stat.st_size)
 
 
 def _content_length(raw: list[tuple[bytes, bytes]]) -> int | None:

@@ -30,6 +30,11 @@ LATENCY_BUCKETS: Final = (
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 NO_ROUTE: Final = "(none)"
 NO_ISSUER: Final = "(none)"
+# Why the proxy closed an upstream connection; the first three mean the upstream sent bytes
+# it must not (the connection is poisoned, never reused).
+UPSTREAM_CLOSE_REASONS: Final = (
+    "extra_bytes", "idle_bytes", "bad_response", "aborted", "idle_timeout", "pool_full",
+    "unused")
 
 
 @dataclass(slots=True)
@@ -60,6 +65,7 @@ class Metrics:
         self._cache_lookups: dict[str, int] = {}
         self._durations: dict[str, _Tally] = {}
         self._upstream_durations: dict[str, _Tally] = {}
+        self._upstream_closes: dict[str, int] = {}
         # every worker holds the same keys: the merged figure is one worker's, not a sum
         live: Final = "livemax" if multiprocess_enabled() else "all"
         reg = self.registry
@@ -80,6 +86,10 @@ class Metrics:
         self.jwks_last_success = Gauge(
             "jwtproxy_jwks_last_success_timestamp_seconds", "Time of the last good JWKS fetch",
             ["issuer"], registry=reg, multiprocess_mode="max")
+        self.upstream_closed = Counter(
+            "jwtproxy_upstream_connections_closed",
+            "Upstream connections the proxy closed, by why (extra_bytes, idle_bytes and "
+            "bad_response: the upstream sent what it must not)", ["reason"], registry=reg)
         self.token_cache = Counter("jwtproxy_token_cache", "Verified-token cache lookups",
                                    ["result"], registry=reg)
         self.config_reloads = Counter("jwtproxy_config_reloads", "Config reloads by result",
@@ -91,6 +101,8 @@ class Metrics:
             self.token_cache.labels(result)
         for result in ("ok", "error"):
             self.config_reloads.labels(result)
+        for reason in UPSTREAM_CLOSE_REASONS:
+            self.upstream_closed.labels(reason)
 
     def observe_request(
         self, route: str, code: int, seconds: float, upstream_seconds: float | None
@@ -112,6 +124,9 @@ class Metrics:
             result = "hit" if cache_hit else "miss"
             self._cache_lookups[result] = self._cache_lookups.get(result, 0) + 1
 
+    def upstream_connection_closed(self, reason: str) -> None:
+        self._upstream_closes[reason] = self._upstream_closes.get(reason, 0) + 1
+
     @staticmethod
     def _tally(tallies: dict[str, _Tally], route: str, seconds: float) -> None:
         tally = tallies.get(route)
@@ -129,6 +144,9 @@ class Metrics:
         auths, self._auths = self._auths, {}
         for labels, count in auths.items():
             self._child(self.auth, *labels).inc(count)
+        closes, self._upstream_closes = self._upstream_closes, {}
+        for reason, count in closes.items():
+            self._child(self.upstream_closed, reason).inc(count)
         lookups, self._cache_lookups = self._cache_lookups, {}
         for result, count in lookups.items():
             self._child(self.token_cache, result).inc(count)

@@ -65,7 +65,7 @@ class Validator(IssuerValidator):
         path = "server"
         raw = self.mapping(path, value, {
             "listen", "workers", "graceful_timeout", "keepalive_timeout", "max_token_bytes", "tls",
-            "trusted_proxies",
+            "trusted_proxies", "upstream_idle_timeout", "upstream_max_idle",
         })
         kwargs: dict[str, Any] = {}
         if "listen" in raw:
@@ -82,6 +82,15 @@ class Validator(IssuerValidator):
             if kwargs["keepalive_timeout"] == 0:
                 self.problem(f"{path}.keepalive_timeout", "must be more than 0")
                 kwargs["keepalive_timeout"] = None
+        if "upstream_idle_timeout" in raw:
+            kwargs["upstream_idle_timeout"] = self.duration(
+                f"{path}.upstream_idle_timeout", raw["upstream_idle_timeout"])
+            if kwargs["upstream_idle_timeout"] == 0:
+                self.problem(f"{path}.upstream_idle_timeout", "must be more than 0")
+                kwargs["upstream_idle_timeout"] = None
+        if "upstream_max_idle" in raw:
+            kwargs["upstream_max_idle"] = self.integer(
+                f"{path}.upstream_max_idle", raw["upstream_max_idle"], minimum=0)
         if "graceful_timeout" in raw:
             kwargs["graceful_timeout"] = self.duration(
                 f"{path}.graceful_timeout", raw["graceful_timeout"])

@@ -10,13 +10,15 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
-from aiohttp.test_utils import RawTestServer, TestClient
+from aiohttp.test_utils import BaseTestServer, TestClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from jwtproxy.app import ProxyApp, admin_app, server_options
+from jwtproxy.app import ProxyApp, admin_app, proxy_server
+from jwtproxy.config import Config
 from jwtproxy.loader import load_text
 from jwtproxy.metrics import Metrics
+from tests.scripted import scripted  # noqa: F401 (a fixture for every test module)
 from tests.servers import EchoUpstream, JwksEndpoint
 from tests.tokens import KeyRing, make_keyring
 
@@ -84,6 +86,18 @@ def base_config(jwks_url: str, upstream_url: str, **overrides: Any) -> dict[str,
     return config
 
 
+class ProxyTestServer(BaseTestServer):  # type: ignore[type-arg]
+    """The proxy's own server (its request handler, parser-error answers and connection
+    binding) on a test port."""
+
+    def __init__(self, app: ProxyApp, config: Config) -> None:
+        super().__init__()
+        self.app, self.config = app, config
+
+    async def _make_runner(self, **kwargs: Any) -> web.ServerRunner:
+        return web.ServerRunner(proxy_server(self.app, self.config), **kwargs)
+
+
 ProxyFactory = Callable[[dict[str, Any]], Awaitable[Proxy]]
 
 
@@ -96,8 +110,8 @@ async def make_proxy(aiohttp_client: Any) -> AsyncIterator[ProxyFactory]:
         app = ProxyApp(config, Metrics(CollectorRegistry()))
         await app.start()
         started.append(app)
-        server = RawTestServer(app.handle)
-        await server.start_server(**server_options(config))
+        server = ProxyTestServer(app, config)
+        await server.start_server()
         client = await aiohttp_client(server)
         admin = await aiohttp_client(admin_app(app))
         return Proxy(app, client, admin)

@@ -755,3 +755,13 @@ def test_problem_lines_point_into_the_file() -> None:
     (problem,) = problems(text)
     assert problem == f"routes[0].match.path_prefix: must start with / " \
                       f"(line {line_of(text, 'path_prefix')})"
+
+
+def test_upstream_pool_settings() -> None:
+    config = load(cfg(top="server: {upstream_idle_timeout: 30s, upstream_max_idle: 8}\n"))
+    assert (config.server.upstream_idle_timeout, config.server.upstream_max_idle) == (30.0, 8)
+    defaults = load(cfg()).server
+    assert (defaults.upstream_idle_timeout, defaults.upstream_max_idle) == (4.0, 128)
+    found = problems(cfg(top="server: {upstream_idle_timeout: 0s, upstream_max_idle: -1}\n"))
+    assert [p.split(":", 1)[0] for p in found] == [
+        "server.upstream_idle_timeout", "server.upstream_max_idle"]
