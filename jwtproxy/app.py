@@ -180,8 +180,7 @@ class ProxyApp:
                 response: web.StreamResponse | Sent = error_response(decision.error)
             else:
                 assert decision.route is not None
-                headers = decision.route.plan.request_headers(
-                    request.headers, decision.claims, _peer(request), request.scheme, request_id)
+                plan = decision.route.plan
                 path_qs = decision.upstream_path + sep + raw_query
                 if (request.version >= HttpVersion11
                         and request.headers.get("Expect", "").lower() == "100-continue"):
@@ -190,10 +189,15 @@ class ProxyApp:
                     await request.writer.write(CONTINUE)
                 if _is_websocket(request):
                     response = await self.forwarder.websocket(
-                        request, decision.route.route, path_qs, headers)
+                        request, decision.route.route, path_qs, plan.request_headers(
+                            request.headers, decision.claims, _peer(request), request.scheme,
+                            request_id))
                 else:
+                    fields = plan.request_fields(
+                        request.raw_headers, decision.claims, _peer(request), request.scheme,
+                        request_id)
                     response = await self.forwarder.forward(
-                        request, decision.route.route, path_qs, headers, timing)
+                        request, decision.route.route, path_qs, fields, request_id, timing)
         except JwtProxyError as err:
             response = error_response(err)
         status = response.status

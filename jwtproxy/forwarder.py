@@ -24,7 +24,7 @@ from yarl import URL
 
 from .config import Route
 from .errors import ClientBodyTimeout, ClientGone, UpstreamTimeout, UpstreamUnavailable
-from .headers import REQUEST_ID, response_bytes, response_headers
+from .headers import REQUEST_ID, Fields, response_bytes, response_headers
 from .pool import (
     Connection,
     Parked,
@@ -120,24 +120,22 @@ class Forwarder:
         request: web.BaseRequest,
         route: Route,
         path_qs: str,
-        headers: CIMultiDict[str],
+        fields: Fields,
+        request_id: str,
         timing: UpstreamTiming,
     ) -> web.StreamResponse | Sent:
-        """`path_qs` is the raw request target, forwarded as is (no re-encoding)."""
+        """`path_qs` is the raw request target, forwarded as is (no re-encoding); `fields`
+        the header fields to send (HeaderPlan.request_fields)."""
         target = self._target(route)
         has_body = request.body_exists
-        chunked = has_body and "Content-Length" not in headers
-        if "Host" not in headers:
-            headers["Host"] = target.authority
-        if chunked:
-            headers["Transfer-Encoding"] = "chunked"
-        head = _request_head(request.method, path_qs, headers)
+        chunked = has_body and "Content-Length" not in request.headers
+        head = _request_head(request.method, path_qs, fields, target.authority, chunked)
         started = time.perf_counter()
         parked = _parked(request)
         conn = await self._send(request, route, target, head, has_body, chunked, parked)
         timing.seconds = time.perf_counter() - started
         try:
-            return await self._relay(request, route, conn, headers[REQUEST_ID])
+            return await self._relay(request, route, conn, request_id)
         finally:
             self.pool.release(conn, parked)
 
@@ -319,11 +317,21 @@ class RelayedResponse(_Verbatim, web.Response):
     """An upstream response whose body had all arrived with its head."""
 
 
-def _request_head(method: str, path_qs: str, headers: CIMultiDict[str]) -> bytes:
-    fields = "\r\n".join(map(": ".join, headers.items()))
-    head = f"{method} {path_qs} HTTP/1.1\r\n{fields}\r\n\r\n" if fields else (
-        f"{method} {path_qs} HTTP/1.1\r\n\r\n")
-    return head.encode("utf-8", "surrogateescape")
+def _request_head(
+    method: str, path_qs: str, fields: Fields, authority: str, chunked: bool
+) -> bytes:
+    parts = [f"{method} {path_qs} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")]
+    has_host = False
+    for name, value in fields:
+        if not has_host and len(name) == 4 and name.lower() == b"host":
+            has_host = True
+        parts += (name, b": ", value, b"\r\n")
+    if not has_host:
+        parts += (b"Host: ", authority.encode(), b"\r\n")
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 async def _send_body(

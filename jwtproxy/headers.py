@@ -53,13 +53,6 @@ def claim_header_value(value: Any) -> str | None:
     return text
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
-    tokens: set[str] = set()
-    for value in headers.getall("Connection", []):
-        tokens.update(normalized_name(token.strip()) for token in value.split(","))
-    return tokens
-
-
 class TrustedProxies:
     def __init__(self, networks: Iterable[str]) -> None:
         self.networks = tuple(ipaddress.ip_network(net, strict=False) for net in networks)
@@ -74,18 +67,77 @@ class TrustedProxies:
         return any(address in net for net in self.networks)
 
 
+Fields = list[tuple[bytes, bytes]]
+
+
 class HeaderPlan:
-    """The header rewrite of one route."""
+    """The header rewrite of one route, compiled once; applied to the request's raw
+    (bytes) header fields in one pass."""
 
     def __init__(self, route: Route, stripped: frozenset[str], trusted: TrustedProxies) -> None:
         self.claims = route.forward.claims
+        self.claim_fields = tuple((claim, header.encode()) for claim, header in self.claims)
         self.payload_header = route.forward.payload_header
         self.strip_authorization = route.forward.authorization == "strip"
         self.dropped = frozenset(normalized_name(n) for n in stripped) | HOP_BY_HOP | (
             REQUEST_ONLY_DROPPED)
         if self.strip_authorization:
             self.dropped |= {"authorization"}
+        self.dropped_raw = frozenset(name.encode() for name in self.dropped)
         self.trusted = trusted
+
+    def request_fields(
+        self,
+        raw: Iterable[tuple[bytes, bytes]],
+        claims: Mapping[str, Any] | None,
+        peer: str | None,
+        scheme: str,
+        request_id: str,
+    ) -> Fields:
+        """The header fields to send upstream, bytes for bytes: the request's own less the
+        dropped ones (under `_`/case variants too, and any its `Connection` lists), then
+        X-Forwarded-*, Forwarded, X-Request-Id and the route's claims."""
+        dropped = self.dropped_raw
+        out: Fields = []
+        prior_for: list[bytes] = []
+        prior_forwarded: list[bytes] = []
+        host = proto = forwarded_host = None
+        for name, value in raw:
+            lower = name.lower()
+            if b"_" in lower:
+                lower = lower.replace(b"_", b"-")
+            if lower in dropped:
+                if lower == b"x-forwarded-for" and b"_" not in name:
+                    prior_for.append(value)
+                elif lower == b"x-forwarded-proto" and proto is None and b"_" not in name:
+                    proto = value
+                elif lower == b"x-forwarded-host" and forwarded_host is None and (
+                        b"_" not in name):
+                    forwarded_host = value
+                elif lower == b"forwarded" and b"_" not in name:
+                    prior_forwarded.append(value)
+                elif lower == b"connection":
+                    dropped = dropped | {
+                        token.strip().lower().replace(b"_", b"-") for token in value.split(b",")}
+                continue
+            if lower == b"host" and host is None:
+                host = value
+            out.append((name, value))
+        if dropped is not self.dropped_raw:  # a Connection header named more to drop
+            out = [(n, v) for n, v in out if n.lower().replace(b"_", b"-") not in dropped]
+        self._forwarded(out, peer, scheme, host, proto, forwarded_host, prior_for,
+                        prior_forwarded)
+        out.append((b"X-Request-Id", request_id.encode()))
+        if claims is not None:
+            for claim, header in self.claim_fields:
+                text = claim_header_value(claims.get(claim))
+                if text is not None:
+                    out.append((header, text.encode()))
+            if self.payload_header:
+                payload = json.dumps(claims, separators=(",", ":")).encode()
+                out.append((self.payload_header.encode(),
+                            base64.urlsafe_b64encode(payload).rstrip(b"=")))
+        return out
 
     def request_headers(
         self,
@@ -95,43 +147,36 @@ class HeaderPlan:
         scheme: str,
         request_id: str,
     ) -> CIMultiDict[str]:
-        dropped = self.dropped | _connection_tokens(incoming) if "Connection" in incoming \
-            else self.dropped
-        out: CIMultiDict[str] = CIMultiDict()
-        for name, value in incoming.items():
-            if normalized_name(name) not in dropped:
-                out.add(name, value)
-        self._forwarded(out, incoming, peer, scheme)
-        out[REQUEST_ID] = request_id
-        if claims is not None:
-            for claim, header in self.claims:
-                text = claim_header_value(claims.get(claim))
-                if text is not None:
-                    out[header] = text
-            if self.payload_header:
-                payload = json.dumps(claims, separators=(",", ":")).encode()
-                out[self.payload_header] = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
-        return out
+        """`request_fields` for a caller holding decoded headers (WebSocket, explain)."""
+        raw = [(name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
+               for name, value in incoming.items()]
+        return CIMultiDict(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+            for name, value in self.request_fields(raw, claims, peer, scheme, request_id))
 
     def _forwarded(
-        self, out: CIMultiDict[str], incoming: CIMultiDictProxy[str], peer: str | None,
-        scheme: str,
+        self, out: Fields, peer: str | None, scheme: str, host: bytes | None,
+        proto: bytes | None, forwarded_host: bytes | None, prior_for: list[bytes],
+        prior_forwarded: list[bytes],
     ) -> None:
         peer = peer or "unknown"
-        host = incoming.get("Host", "")
+        peer_raw = peer.encode()
         trusted = peer in self.trusted
-        prior_for = ", ".join(incoming.getall("X-Forwarded-For", []))
-        out["X-Forwarded-For"] = f"{prior_for}, {peer}" if prior_for else peer
-        out["X-Forwarded-Proto"] = (
-            incoming.get("X-Forwarded-Proto", scheme) if trusted else scheme)
-        forwarded_host = incoming.get("X-Forwarded-Host", host) if trusted else host
-        if forwarded_host:  # an empty one reads as an empty host to frameworks trusting it
-            out["X-Forwarded-Host"] = forwarded_host
-        node = f'"[{peer}]"' if ":" in peer else peer
-        quoted_host = host.replace("\\", "\\\\").replace('"', '\\"')  # RFC 9110 §5.6.4
-        element = f"for={node};proto={scheme}" + (f';host="{quoted_host}"' if host else "")
-        prior = ", ".join(incoming.getall("Forwarded", [])) if trusted else ""
-        out["Forwarded"] = f"{prior}, {element}" if prior else element
+        out.append((b"X-Forwarded-For",
+                    b", ".join([*prior_for, peer_raw]) if prior_for else peer_raw))
+        out.append((b"X-Forwarded-Proto",
+                    proto if trusted and proto is not None else scheme.encode()))
+        host = host or b""
+        shown_host = forwarded_host if trusted and forwarded_host is not None else host
+        if shown_host:  # an empty one reads as an empty host to frameworks trusting it
+            out.append((b"X-Forwarded-Host", shown_host))
+        node = f'"[{peer}]"'.encode() if ":" in peer else peer_raw
+        quoted_host = host.replace(b"\\", b"\\\\").replace(b'"', b'\\"')  # RFC 9110 §5.6.4
+        element = b"for=%b;proto=%b" % (node, scheme.encode()) + (
+            b';host="%b"' % quoted_host if host else b"")
+        if trusted and prior_forwarded:
+            element = b", ".join([*prior_forwarded, element])
+        out.append((b"Forwarded", element))
 
 
 def _response_dropped(raw: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
