@@ -76,7 +76,7 @@ import sys
 
 own: collections.Counter[str] = collections.Counter()
 categories: collections.Counter[str] = collections.Counter()
-RULES = (  # first match on the stack, innermost frame first
+RULES = (  # the innermost frame that matches a rule names the sample's category
     ("crypto verify", ("cryptography", "_verify_signature", "verify_signature")),
     ("jwtproxy gate/verify", ("jwtproxy/gate.py", "jwtproxy/verifier.py", "jwtproxy/jws.py",
                               "jwtproxy/extractor.py", "jwtproxy/matcher.py",
@@ -94,14 +94,11 @@ for line in open(sys.argv[1]):
     total += n
     frames = stack.split(";")
     own[frames[-1]] += n
-    for name, needles in RULES:
-        if any(needle in frame for frame in reversed(frames) for needle in needles):
-            categories[name] += n
-            break
-    else:
-        categories["other"] += n
+    category = next((name for frame in reversed(frames) for name, needles in RULES
+                     if any(needle in frame for needle in needles)), "other")
+    categories[category] += n
 print(f"{total} samples")
-print("\nshare by category (first match from the innermost frame):")
+print("\nshare by category (of the innermost frame that names one):")
 for name, n in categories.most_common():
     print(f"  {100 * n / total:5.1f}%  {name}")
 print("\ntop functions (own samples):")
