@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import Final
@@ -78,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: ok ({len(config.issuers)} issuers, {len(config.routes)} routes)")
         return EXIT_OK
     if command == "explain":
+        import asyncio
+
         from .explain import explain
 
         token = sys.stdin.read().strip() if args.token == "-" else args.token
@@ -95,6 +96,8 @@ def _run(path: Path, config: Config, watch: bool, worker: bool) -> int:
         from .supervisor import supervise
 
         return supervise(path, config.server.workers, config.server.graceful_timeout, watch)
+    import asyncio  # not before: the supervisor stays small without it (~6 MB)
+
     from .serve import serve
 
     _install_uvloop()
@@ -109,6 +112,8 @@ def _run(path: Path, config: Config, watch: bool, worker: bool) -> int:
 
 
 def _install_uvloop() -> None:
+    import asyncio
+
     try:
         import uvloop
     except ImportError:

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
+# where prometheus-client's multiprocess mode keeps the workers' figures (the supervisor
+# sets it; here so that the supervisor need not import prometheus-client to name it)
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_LISTEN: Final = ("0.0.0.0", 8080)
 DEFAULT_ADMIN_LISTEN: Final = ("127.0.0.1", 9090)
 DEFAULT_GRACEFUL_TIMEOUT: Final = 30.0

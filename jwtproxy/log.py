@@ -11,8 +11,6 @@ import sys
 import time
 from typing import Any, Final
 
-from aiohttp.http_exceptions import HttpProcessingError
-
 ACCESS_LOGGER: Final = "jwtproxy.access"
 _STANDARD: Final = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -53,6 +51,9 @@ class ParserErrorFilter(logging.Filter):
     never log a token)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # imported here: the supervisor sets logging up too and must not load aiohttp (~15 MB)
+        from aiohttp.http_exceptions import HttpProcessingError
+
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, HttpProcessingError):
             record.msg = "http_request_rejected"

@@ -22,12 +22,12 @@ from prometheus_client import (
 )
 
 from . import __version__
+from .config import MULTIPROC_ENV
 
 LATENCY_BUCKETS: Final = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0,
 )
-MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 NO_ROUTE: Final = "(none)"
 NO_ISSUER: Final = "(none)"
 # Why the proxy closed an upstream connection; the first three mean the upstream sent bytes

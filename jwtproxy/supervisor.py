@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from .metrics import MULTIPROC_ENV
+from .config import MULTIPROC_ENV
 
 log = logging.getLogger("jwtproxy.supervisor")
 

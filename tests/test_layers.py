@@ -4,6 +4,8 @@ third-party library stays with the modules that own it."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -148,3 +150,18 @@ def test_the_checker_sees_what_it_must() -> None:
     assert "__init__" in {target for target, _ in internal("metrics")}  # from . import x
     assert {"demo", "explain", "serve"} <= {t for t, _ in internal("cli")}  # in functions
     assert any(t == "aiohttp.web" for t, _ in imports("app"))  # from aiohttp import web
+
+
+def test_the_supervisor_loads_no_server_and_no_metrics_library() -> None:
+    """What `workers > 1` keeps resident in the supervisor: config, logging, subprocess;
+    not aiohttp, asyncio or prometheus-client (~20 MB less). Checked in a fresh
+    interpreter doing what `jwtproxy run` does before it supervises."""
+    code = (
+        "import sys\n"
+        "from jwtproxy import cli, log, supervisor, loader\n"
+        "log.setup_logging('info', 'json')\n"
+        "heavy = {'aiohttp', 'asyncio', 'prometheus_client', 'joserfc', 'httptools'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]", result.stdout
