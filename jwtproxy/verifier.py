@@ -9,7 +9,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cachetools import TLRUCache, TTLCache
 from cryptography.exceptions import InvalidSignature
 
 from .algorithms import ALGORITHMS, key_fits
@@ -27,6 +26,7 @@ from .errors import (
     WrongTokenUse,
     WrongTyp,
 )
+from .expiring import ExpiringCache
 from .jwks import KeySet, KeyStore, VerifyKey
 from .jws import ParsedToken, parse
 
@@ -86,6 +86,10 @@ def _typ_matches(actual: str, expected: str) -> bool:
     return norm(actual) == norm(expected)
 
 
+def _remembered_until(_key: object, _value: object, now: float) -> float:
+    return now + REJECTION_TTL
+
+
 class Verifier:
     """Verifies tokens against the configured issuers; caches verified tokens by digest,
     never past `exp`, re-running the time checks on every hit."""
@@ -103,12 +107,12 @@ class Verifier:
         self.by_iss: dict[str, list[Issuer]] = {}
         for issuer in issuers.values():
             self.by_iss.setdefault(issuer.issuer, []).append(issuer)
-        self.cache: TLRUCache[bytes, Verified] = TLRUCache(
-            maxsize=cache_size, ttu=self._cache_until, timer=wall_clock)
+        self.cache: ExpiringCache[bytes, Verified] = ExpiringCache(
+            cache_size, self._cache_until, wall_clock)
         # A token refused for a reason that no time or key refresh can undo is refused
         # again from here: replaying a bad token must not cost a signature check each time.
-        self.rejected: TTLCache[tuple[bytes, tuple[str, ...]], _Rejection] = TTLCache(
-            maxsize=cache_size, ttl=REJECTION_TTL, timer=wall_clock)
+        self.rejected: ExpiringCache[tuple[bytes, tuple[str, ...]], _Rejection] = ExpiringCache(
+            cache_size, _remembered_until, wall_clock)
 
     def _cache_until(self, _key: bytes, value: Verified, now: float) -> float:
         return float(value.claims["exp"]) + self.issuers[value.issuer].leeway

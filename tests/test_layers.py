@@ -19,7 +19,7 @@ LAYERS: Final = {
     "__init__": 0, "errors": 0,
     "config": 1, "fields": 1, "issuer_validation": 1, "validation": 1, "loader": 1,
     "matcher": 2, "extractor": 2, "authorizer": 2, "headers": 2, "metrics": 2, "log": 2,
-    "jwks": 2, "pool": 2, "jws": 2, "algorithms": 2,
+    "jwks": 2, "pool": 2, "jws": 2, "algorithms": 2, "expiring": 2,
     "verifier": 3,
     "gate": 4, "forwarder": 4,
     "app": 5, "explain": 5, "explain_text": 5, "serve": 5,
