@@ -53,6 +53,12 @@ def claim_header_value(value: Any) -> str | None:
     return text
 
 
+def encoded_claims(claims: Mapping[str, Any]) -> str:
+    """A `payload_header` value: the claims as base64url (unpadded) compact JSON."""
+    payload = json.dumps(claims, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+
+
 def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
     tokens: set[str] = set()
     for value in headers.getall("Connection", []):
@@ -109,8 +115,7 @@ class HeaderPlan:
                 if text is not None:
                     out[header] = text
             if self.payload_header:
-                payload = json.dumps(claims, separators=(",", ":")).encode()
-                out[self.payload_header] = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+                out[self.payload_header] = encoded_claims(claims)
         return out
 
     def _forwarded(
