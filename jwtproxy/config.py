@@ -53,6 +53,7 @@ NO_UPSTREAM: Final = ""
 AuthMode = Literal["required", "optional", "report_only"]
 TokenUse = Literal["id", "access"]
 TokenSourceKind = Literal["header", "cookie", "query"]
+ForwardConvention = Literal["auto", "x-forwarded", "x-original", "request"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +176,7 @@ class ForwardAuth:
     listen: Listen
     trusted_proxies: tuple[str, ...] = DEFAULT_FORWARD_AUTH_TRUSTED
     path_prefix: str = ""  # Envoy ext_authz `path_prefix`, removed from the request's path
+    convention: ForwardConvention = "auto"  # which headers describe the original request
 
 
 @dataclass(frozen=True, slots=True)

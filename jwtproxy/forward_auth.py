@@ -64,33 +64,52 @@ def _single(headers: CIMultiDictProxy[str], name: str) -> str | None:
 
 def reconstruct(
     method: str, host: str, scheme: str, target: str, headers: CIMultiDictProxy[str],
-    path_prefix: str = "",
+    settings: ForwardAuth,
 ) -> Original:
     """The original request of one auth subrequest (from a trusted peer).
 
-    Raises `InvalidRequest` for a half or doubled description, and `NotFound` for a
-    request-itself path outside `path_prefix`."""
-    forwarded_method = _single(headers, "X-Forwarded-Method")
-    forwarded_uri = _single(headers, "X-Forwarded-Uri")
-    if forwarded_method is not None or forwarded_uri is not None:
-        if not forwarded_method or not forwarded_uri:
-            raise InvalidRequest("X-Forwarded-Method and X-Forwarded-Uri go together")
-        return Original("x-forwarded", forwarded_method.upper(),
+    Raises `InvalidRequest` for a half, doubled or ambiguous description, and `NotFound`
+    for a request-itself path outside `path_prefix`."""
+    forwarded = _pair(headers, "X-Forwarded-Method", "X-Forwarded-Uri")
+    original = _pair(headers, "X-Original-Method", "X-Original-URI")
+    convention = settings.convention
+    if convention == "auto":
+        if forwarded and original:
+            # one of them came from the client: neither says which request is allowed
+            raise InvalidRequest("both X-Forwarded-Uri and X-Original-URI describe the request")
+        convention = "x-forwarded" if forwarded else "x-original" if original else "request"
+    if convention == "x-forwarded":
+        forwarded_method, forwarded_uri = _required(forwarded, "X-Forwarded")
+        return Original("x-forwarded", forwarded_method,
                         _single(headers, "X-Forwarded-Host") or host,
                         _single(headers, "X-Forwarded-Proto") or scheme, forwarded_uri)
-    original_method = _single(headers, "X-Original-Method")
-    original_uri = _single(headers, "X-Original-URI")
-    if original_method is not None or original_uri is not None:
-        # no default method: a GET-only public route must not answer for a POST
-        if not original_method or not original_uri:
-            raise InvalidRequest("X-Original-Method and X-Original-URI go together")
-        return Original("x-original", original_method.upper(), host, scheme, original_uri)
-    if path_prefix:
-        rest = target[len(path_prefix):]
-        if not target.startswith(path_prefix) or (rest and rest[0] not in "/?"):
-            raise NotFound(f"auth request path is outside path_prefix {path_prefix}")
+    if convention == "x-original":
+        original_method, original_uri = _required(original, "X-Original")
+        return Original("x-original", original_method, host, scheme, original_uri)
+    prefix = settings.path_prefix
+    if prefix:
+        rest = target[len(prefix):]
+        if not target.startswith(prefix) or (rest and rest[0] not in "/?"):
+            raise NotFound(f"auth request path is outside path_prefix {prefix}")
         target = rest if rest.startswith("/") else "/" + rest
     return Original("request", method, host, scheme, target)
+
+
+def _pair(headers: CIMultiDictProxy[str], method: str, uri: str) -> tuple[str, str] | None:
+    """A method and URI header pair; None when neither is there."""
+    method_value, uri_value = _single(headers, method), _single(headers, uri)
+    if method_value is None and uri_value is None:
+        return None
+    # no default method: a GET-only public route must not answer for a POST
+    if not method_value or not uri_value:
+        raise InvalidRequest(f"{method} and {uri} go together")
+    return method_value.upper(), uri_value
+
+
+def _required(pair: tuple[str, str] | None, prefix: str) -> tuple[str, str]:
+    if pair is None:
+        raise InvalidRequest(f"no {prefix}-Method / {prefix}-URI (forward_auth.convention)")
+    return pair
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +152,7 @@ class ForwardAuthDoor:
                 if sum(len(k) + len(v) + 4 for k, v in request.raw_headers) > state.head_limit:
                     raise HeaderSectionTooLarge("request header section too large")
                 original = reconstruct(request.method, request.host, request.scheme,
-                                       request.raw_path, request.headers,
-                                       compiled.settings.path_prefix)
+                                       request.raw_path, request.headers, compiled.settings)
                 decision = await state.gate.decide(original.view(request.headers))
                 self._record_auth(decision)
                 response = self._answer(decision)

@@ -127,7 +127,8 @@ class Validator(IssuerValidator):
 
     def forward_auth(self, value: Any) -> ForwardAuth | None:
         path = "forward_auth"
-        raw = self.mapping(path, value, {"listen", "trusted_proxies", "path_prefix"})
+        raw = self.mapping(path, value, {"listen", "trusted_proxies", "path_prefix",
+                                         "convention"})
         if "listen" not in raw:
             self.problem(f"{path}.listen", "required: where the gateway asks (host:port)")
             return None
@@ -150,6 +151,9 @@ class Validator(IssuerValidator):
                 self.problem(f"{path}.path_prefix", "must start with / and not end with /")
                 prefix = None
             kwargs["path_prefix"] = prefix
+        if "convention" in raw:
+            kwargs["convention"] = self.choice(f"{path}.convention", raw["convention"],
+                                               ("auto", "x-forwarded", "x-original", "request"))
         return build(ForwardAuth, kwargs) if listen is not None else None
 
     def admin(self, value: Any) -> Admin:
