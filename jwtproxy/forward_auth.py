@@ -157,7 +157,7 @@ class ForwardAuthDoor:
                 self._record_auth(decision)
                 response = self._answer(decision)
         except JwtProxyError as err:
-            response = _error(err)
+            response = error_answer(err)
         route = decision.route.route.name if decision and decision.route else NO_ROUTE
         self.proxy.metrics.observe_forward_auth(route, response.status)
         if access_log.isEnabledFor(logging.INFO):
@@ -176,7 +176,7 @@ class ForwardAuthDoor:
     @staticmethod
     def _answer(decision: Decision) -> web.Response:
         if decision.error is not None:
-            return _error(decision.error)
+            return error_answer(decision.error)
         assert decision.route is not None
         return web.Response(status=200, headers=claim_headers(
             decision.route.route, decision.claims))
@@ -198,7 +198,7 @@ def claim_headers(route: Route, claims: Mapping[str, Any] | None) -> dict[str, s
     return out
 
 
-def _error(err: JwtProxyError) -> web.Response:
+def error_answer(err: JwtProxyError) -> web.Response:
     """The proxy door's answer; only "no route" differs (403, body `not_found`)."""
     response = error_response(err)
     if isinstance(err, NotFound):

@@ -37,6 +37,7 @@ SAME_LAYER: Final = {
     ("algorithms", "jwks"),               # key_fits reads a key's kty, crv, alg, use, key_ops
     ("explain", "app"),                   # prints the very error body the proxy would send
     ("explain", "explain_text"),          # the words and the rendering of the report
+    ("explain", "forward_auth"),          # --forward-auth: the door's reconstruction, answer
     ("serve", "app"),                     # runs the apps
     ("serve", "forward_auth"),            # ... and the forward-auth door
     ("forward_auth", "app"),              # the proxy's State and its very error answers
