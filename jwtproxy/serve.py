@@ -55,10 +55,13 @@ async def serve(config_path: Path, config: Config, watch: bool = False) -> None:
                 log.error("config_reload_refused", extra={"reason": reason,
                                                           "problems": err.problems})
                 return
-            if (new.server != proxy.state.config.server if proxy.state else False) or (
-                    proxy.state and new.admin != proxy.state.config.admin):
+            old = proxy.state.config if proxy.state else None
+            if old is not None and (new.server != old.server or new.admin != old.admin or (
+                    new.forward_auth and new.forward_auth.listen) != (
+                    old.forward_auth and old.forward_auth.listen)):
                 log.warning("config_reload_partial", extra={
-                    "detail": "server and admin settings take effect on restart"})
+                    "detail": "server, admin and forward_auth.listen settings take effect on "
+                              "restart"})
             if tls_context is not None and new.server.tls is not None:
                 try:  # new handshakes use the re-read certificate; the listener stays
                     tls_context.load_cert_chain(new.server.tls.cert_file, new.server.tls.key_file)

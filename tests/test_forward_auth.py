@@ -8,6 +8,10 @@ import base64
 import io
 import json
 import logging
+import signal
+import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import redirect_stdout
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ from jwtproxy.forward_auth import ForwardAuthDoor
 from jwtproxy.loader import load_text
 from jwtproxy.metrics import Metrics
 from tests.conftest import AUDIENCE, ISSUER, Proxy, ProxyFactory, base_config
+from tests.proc import proxy_process
 from tests.servers import EchoUpstream, JwksEndpoint
 from tests.tokens import KeyRing, mint
 
@@ -482,3 +487,46 @@ def test_explain_header_needs_forward_auth(tmp_path: Path,
     path.write_text(yaml.safe_dump(minimal()))
     assert main(["explain", "-c", str(path), "-H", "X-Original-URI: /", "/"]) == 2
     assert main(["explain", "-c", str(path), "--forward-auth", "-H", "nocolon", "/"]) == 2
+
+
+# -- the process: both doors, reload -------------------------------------------------------
+
+
+def test_both_doors_in_one_process_and_trusted_proxies_follow_a_reload(
+    keys: KeyRing, tmp_path: Path,
+) -> None:
+    """`jwtproxy run` serves the proxy and the forward-auth door from one policy; SIGHUP
+    swaps the policy of both, trusted_proxies included."""
+    def get(port: int, path: str, headers: dict[str, str]) -> int:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as err:
+            return int(err.code)
+
+    config = {
+        "forward_auth": {},
+        "issuers": {"hs": {"issuer": "hs", "secret": HS_SECRET, "algorithms": ["HS256"]}},
+        "routes": [
+            {"name": "gate-only", "match": {"path_prefix": "/gate"}, "auth": {}},
+            {"name": "public", "match": {"path_prefix": "/"}, "upstream": "http://127.0.0.1:1",
+             "auth": "none"},
+        ],
+    }
+    token = mint(None, {"iss": "hs"}, secret=HS_SECRET.encode())
+    ask = {**nginx("GET", "/gate/1"), **bearer(token)}
+    with proxy_process(config) as proc:
+        assert proc.forward_port is not None
+        assert get(proc.forward_port, "/", ask) == 200
+        assert get(proc.port, "/gate/1", bearer(token)) == 404  # no upstream: not the proxy's
+        text = proc.config_path.read_text().replace(
+            "forward_auth:\n", "forward_auth:\n  trusted_proxies: [192.0.2.0/24]\n")
+        proc.config_path.write_text(text)
+        proc.process.send_signal(signal.SIGHUP)
+        for _ in range(200):  # polling for the reload, not a timing guess
+            if get(proc.forward_port, "/", ask) == 403:
+                break
+            time.sleep(0.05)
+        assert get(proc.forward_port, "/", ask) == 403
+        assert "config_reloaded" in proc.logs()
