@@ -302,7 +302,9 @@ def test_each_denial_relayed_with_its_challenge(
         target += f"?access_token={token(backend)}"
     answer = send(gateway_port, "GET", target, headers)
     assert answer.status == expected_status, answer.body
-    assert challenge in (answer.headers.get("WWW-Authenticate") or ""), answer.headers
+    (sent,) = answer.headers.get_all("WWW-Authenticate") or [""]  # once, not twice
+    assert challenge in sent, answer.headers
+    assert "error" in answer.json()  # a JSON body, not the gateway's HTML page
     assert not [got for got in backend.upstream.received if got.path_qs.startswith(path)]
     if case == "scope":
         assert 'scope="orders:read"' in answer.headers["WWW-Authenticate"]
