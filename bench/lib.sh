@@ -18,6 +18,9 @@ HAPROXY_PORT="${HAPROXY_PORT:-18082}"           # HAProxy 2.6 jwt_verify
 APACHE_PORT="${APACHE_PORT:-18083}"             # Apache 2.4 + mod_auth_openidc (oauth20)
 JWTPROXY_PORT="${JWTPROXY_PORT:-18084}"         # jwtproxy
 JWTPROXY_ADMIN_PORT="${JWTPROXY_ADMIN_PORT:-19094}"
+FWDAUTH_PORT="${FWDAUTH_PORT:-18085}"                   # nginx auth_request -> jwtproxy forward-auth
+FWDAUTH_JWTPROXY_PORT="${FWDAUTH_JWTPROXY_PORT:-19191}" # that jwtproxy's forward_auth.listen
+FWDAUTH_ADMIN_PORT="${FWDAUTH_ADMIN_PORT:-19095}"       # ... and its admin port
 
 UPSTREAM_WORKERS="${UPSTREAM_WORKERS:-1}"
 PROXY_WORKERS="${PROXY_WORKERS:-2}"   # nginx worker_processes / haproxy nbthread / apache processes / jwtproxy workers

@@ -24,7 +24,7 @@
 # direct and nginx_proxy have no auth and run only the valid path.
 #
 # Settings (environment):
-#   SYSTEMS="direct nginx_proxy haproxy_jwt apache_oidc jwtproxy"
+#   SYSTEMS="direct nginx_proxy haproxy_jwt apache_oidc jwtproxy nginx_fwdauth"
 #   DURATION=10 WARMUP=2 ROUNDS=2 WRK_THREADS=1 WRK_CONNS=32 SETTLE=1
 #   DISTINCT_TOKENS=30000  PACED= PACED_ONLY=0 PACED_PATHS="valid distinct"
 #   PROXY_WORKERS=2 UPSTREAM_WORKERS=1 UPSTREAM_IMPL=nginx|python JWKS_SOURCE=uri|file
@@ -77,7 +77,7 @@ JWTPROXY_PY="${JWTPROXY_PY:-$PY}"
 JWTPROXY_CMD="${JWTPROXY_CMD:-$JWTPROXY_PY -m jwtproxy}"
 source "$BENCH_DIR/systems.sh"
 
-SYSTEMS="${SYSTEMS:-direct nginx_proxy haproxy_jwt apache_oidc jwtproxy}"
+SYSTEMS="${SYSTEMS:-direct nginx_proxy haproxy_jwt apache_oidc jwtproxy nginx_fwdauth}"
 DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-2}"
 ROUNDS="${ROUNDS:-2}"
@@ -90,13 +90,13 @@ PACED_ONLY="${PACED_ONLY:-0}"
 PACED_PATHS="${PACED_PATHS:-valid distinct}"
 STATUS_COUNTS="${STATUS_COUNTS:-0}"
 PYLOAD_COUNT="${PYLOAD_COUNT:-100000000}"
-ALL_SYSTEMS="direct nginx_proxy haproxy_jwt apache_oidc jwtproxy"
+ALL_SYSTEMS="direct nginx_proxy haproxy_jwt apache_oidc jwtproxy nginx_fwdauth"
 BAD_TOKENS=(expired badsig tampered wrong_iss wrong_aud no_exp alg_none hs256_confusion garbage)
 
 # stop_all: everything a run of this script may have started (by pid file).
 stop_all() {
   local s
-  for s in jwtproxy apache_oidc haproxy_jwt nginx_proxy; do stop_system "$s"; done
+  for s in nginx_fwdauth jwtproxy apache_oidc haproxy_jwt nginx_proxy; do stop_system "$s"; done
   stop_pidfile "$BENCH_RUN/upstream/upstream.pid" upstream.py upstream.py
   stop_pidfile "$BENCH_RUN/upstream/nginx.pid" "upstream nginx" nginx
 }
@@ -108,7 +108,7 @@ install_missing() {
   for s in $SYSTEMS; do
     case "$s" in
       direct) [[ "$UPSTREAM_IMPL" == nginx ]] && pkgs+=(nginx) ;;
-      nginx_proxy) pkgs+=(nginx) ;;
+      nginx_proxy|nginx_fwdauth) pkgs+=(nginx) ;;
       haproxy_jwt) pkgs+=(haproxy) ;;
       apache_oidc) pkgs+=(apache2 libapache2-mod-auth-openidc) ;;
     esac
@@ -224,10 +224,12 @@ bench_one() {
     invalid) hdr=(-H "Authorization: Bearer $(tok badsig)") ;;
     distinct) off="${OFFSET[$name]:-0}"; envs+=(BENCH_TOKENS="$KEYS_DIR/distinct.txt" BENCH_OFFSET="$off") ;;
   esac
-  srv="$(pidfile_pid "${PIDF[$name]}")" || { log "$name is not running"; return 0; }
+  srv="$(system_pids "$name")" || { log "$name is not running"; return 0; }
+  srv="${srv//$'\n'/ }"
   up=""; [[ "$name" == direct ]] || up="$(pidfile_pid "${PIDF[direct]}" || true)"
   [[ "$name" == jwtproxy ]] && cache0="$("$PY" "$BENCH_DIR/record.py" scrape "$JWTPROXY_METRICS")"
-  cpu0="$("$PY" "$BENCH_DIR/proc.py" cpu "$srv")"; up0="$("$PY" "$BENCH_DIR/proc.py" cpu $up)"
+  # shellcheck disable=SC2086 # srv: one pid, or two for a two-process system
+  cpu0="$("$PY" "$BENCH_DIR/proc.py" cpu $srv)"; up0="$("$PY" "$BENCH_DIR/proc.py" cpu $up)"
   m0="$("$PY" "$BENCH_DIR/proc.py" machine)"
   local TIMEFORMAT='%U %S'
   if [[ "$LOADER" == wrk ]]; then
@@ -243,7 +245,8 @@ bench_one() {
     { time timeout --foreground $((dur + 30)) "$PY" "$BENCH_DIR/pyload.py" "${URL[$name]}" "${py[@]}" >"$log" 2>&1; } 2>"$log.time" || true
   fi
   m1="$("$PY" "$BENCH_DIR/proc.py" machine)"
-  cpu1="$("$PY" "$BENCH_DIR/proc.py" cpu "$srv")"; up1="$("$PY" "$BENCH_DIR/proc.py" cpu $up)"
+  # shellcheck disable=SC2086
+  cpu1="$("$PY" "$BENCH_DIR/proc.py" cpu $srv)"; up1="$("$PY" "$BENCH_DIR/proc.py" cpu $up)"
   [[ "$name" == jwtproxy ]] && cache1="$("$PY" "$BENCH_DIR/record.py" scrape "$JWTPROXY_METRICS")"
   n="$(grep -o '"requests":[0-9]*' "$log" | tail -1 | cut -d: -f2)"
   [[ "$path" == distinct ]] && OFFSET[$name]=$(((off + ${n:-0}) % DISTINCT_TOKENS))
@@ -251,7 +254,7 @@ bench_one() {
     "$PY" "$BENCH_DIR/record.py" make system="$name" path="$path" mode="$mode" round="$round" \
       rate="$rate" threads="$WRK_THREADS" conns="$WRK_CONNS" log="$log" \
       cpu0="$cpu0" cpu1="$cpu1" up0="$up0" up1="$up1" m0="$m0" m1="$m1" wrkcpu="$(tail -1 "$log.time")" \
-      rss="$("$PY" "$BENCH_DIR/proc.py" rss "$srv")" cache0="$cache0" cache1="$cache1" \
+      rss="$("$PY" "$BENCH_DIR/proc.py" rss $srv)" cache0="$cache0" cache1="$cache1" \
       offset="$off" ntokens="$([[ "$path" == distinct ]] && echo "$DISTINCT_TOKENS")" >>"$RES"
   fi
   sleep "$SETTLE"

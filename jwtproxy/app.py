@@ -20,13 +20,14 @@ import aiohttp
 from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import RequestHandler
 
-from .config import Config
+from .config import NO_UPSTREAM, Config
 from .errors import (
     Forbidden,
     HeaderSectionTooLarge,
     JwtProxyError,
     KeysUnavailable,
     MissingToken,
+    NotFound,
 )
 from .forwarder import Forwarder, Sent, UpstreamTiming
 from .gate import Decision, Gate, RequestView
@@ -147,7 +148,7 @@ class ProxyApp:
     def _use_upstreams(self, config: Config) -> None:
         self.forwarder.pool.configure(
             config.server.upstream_idle_timeout, config.server.upstream_max_idle)
-        self.forwarder.retain(config.routes)
+        self.forwarder.retain(r for r in config.routes if r.upstream != NO_UPSTREAM)
 
     def missing_keys(self) -> list[dict[str, str]]:
         """Issuers used by a route that have no usable keys (for /readyz)."""
@@ -175,6 +176,9 @@ class ProxyApp:
             if _head_size(request) > state.head_limit:
                 raise HeaderSectionTooLarge("request header section too large")
             decision = await state.gate.decide(view)
+            if decision.route is not None and decision.route.route.upstream == NO_UPSTREAM:
+                # a route for the other doors only: this door has no such route
+                decision = Decision(None, NotFound("no route matches"))
             self._record_auth(decision)
             if decision.error is not None:
                 response: web.StreamResponse | Sent = error_response(decision.error)
@@ -190,11 +194,11 @@ class ProxyApp:
                 if _is_websocket(request):
                     response = await self.forwarder.websocket(
                         request, decision.route.route, path_qs, plan.request_headers(
-                            request.headers, decision.claims, _peer(request), request.scheme,
+                            request.headers, decision.claims, peer_address(request), request.scheme,
                             request_id))
                 else:
                     fields = plan.request_fields(
-                        request.raw_headers, decision.claims, _peer(request), request.scheme,
+                        request.raw_headers, decision.claims, peer_address(request), request.scheme,
                         request_id)
                     response = await self.forwarder.forward(
                         request, decision.route.route, path_qs, fields, request_id, timing)
@@ -240,7 +244,7 @@ def _is_websocket(request: web.BaseRequest) -> bool:
             and "upgrade" in request.headers.get("Connection", "").lower())
 
 
-def _peer(request: web.BaseRequest) -> str | None:
+def peer_address(request: web.BaseRequest) -> str | None:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return str(peer[0]) if peer else None
 
@@ -311,22 +315,9 @@ def header_section_limit(config: Config) -> int:
     return max(MAX_HEADER_SECTION, config.server.max_token_bytes + MAX_HEADER_FIELD)
 
 
-class _ProxyRequestHandler(RequestHandler):
-    """One client connection. Holds the upstream connections parked for it (pool.py binds
-    each to one client connection) and closes them with it. Answers what aiohttp's HTTP
-    parser refuses with the contract's JSON error body, never with aiohttp's text one,
-    which quotes the offending line (it may hold a token)."""
-
-    __slots__ = ("parked", "pool")
-
-    def __init__(self, manager: _ProxyServer, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self.parked: Parked = {}
-        self.pool: UpstreamPool = manager.pool
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        super().connection_lost(exc)
-        self.pool.client_closed(self.parked)
+class _JsonRefusals(RequestHandler):
+    """Answers what aiohttp's HTTP parser refuses with the contract's JSON error body,
+    never with aiohttp's text one, which quotes the offending line (it may hold a token)."""
 
     def handle_error(
         self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
@@ -341,6 +332,22 @@ class _ProxyRequestHandler(RequestHandler):
         return response
 
 
+class _ProxyRequestHandler(_JsonRefusals):
+    """One client connection. Holds the upstream connections parked for it (pool.py binds
+    each to one client connection) and closes them with it."""
+
+    __slots__ = ("parked", "pool")
+
+    def __init__(self, manager: _ProxyServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.parked: Parked = {}
+        self.pool: UpstreamPool = manager.pool
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self.pool.client_closed(self.parked)
+
+
 class _ProxyServer(web.Server):
     def __init__(self, proxy: ProxyApp, **kwargs: Any) -> None:
         # the handler may return a `Sent` (duck-typed: see forwarder.Sent)
@@ -353,5 +360,17 @@ class _ProxyServer(web.Server):
 
 def proxy_server(proxy: ProxyApp, config: Config) -> web.Server:
     return _ProxyServer(proxy, **server_options(config))
+
+
+class _DoorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonRefusals(self, loop=self._loop, **self._kwargs)
+
+
+def door_server(
+    handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], config: Config,
+) -> web.Server:
+    """Another door's server: the proxy's limits and its JSON answer to parser refusals."""
+    return _DoorServer(handler, **server_options(config))
 
 

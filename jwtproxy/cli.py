@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true", help="machine-readable output")
     explain.add_argument("--offline", action="store_true",
                          help="never fetch keys (only jwks_file / secret issuers verify)")
+    explain.add_argument("--forward-auth", action="store_true",
+                         help="PATH, --method and --host are a gateway's auth subrequest to "
+                              "the forward-auth door; show the original request it describes")
+    explain.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                         help="a header of the auth subrequest (X-Forwarded-Uri, "
+                              "X-Original-URI, ...); repeatable; with --forward-auth")
     explain.add_argument("path")
     explain.add_argument("token", nargs="?", default="",
                          help="the token, or - to read it from stdin; omit for none")
@@ -82,8 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         from .explain import explain
 
         token = sys.stdin.read().strip() if args.token == "-" else args.token
-        return asyncio.run(explain(config, args.method, args.host, args.path, token,
-                                   as_json=args.json, offline=args.offline))
+        headers = [tuple(part.strip() for part in item.split(":", 1)) for item in args.header]
+        if any(len(pair) != 2 or not pair[0] for pair in headers) or (
+                headers and not args.forward_auth):
+            print("explain: -H takes 'Name: value', with --forward-auth", file=sys.stderr)
+            return EXIT_USAGE
+        return asyncio.run(explain(
+            config, args.method, args.host, args.path, token, as_json=args.json,
+            offline=args.offline,
+            forward_auth=[(name, value) for name, value in headers] if args.forward_auth
+            else None))
     return _run(Path(args.config), config, getattr(args, "watch", False),
                 getattr(args, "worker", False))
 

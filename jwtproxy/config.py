@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_LISTEN: Final = ("0.0.0.0", 8080)
 DEFAULT_ADMIN_LISTEN: Final = ("127.0.0.1", 9090)
+# forward_auth: whose X-Forwarded-* / X-Original-* describe the original request
+DEFAULT_FORWARD_AUTH_TRUSTED: Final = ("127.0.0.0/8", "::1/128")
 DEFAULT_GRACEFUL_TIMEOUT: Final = 30.0
 DEFAULT_KEEPALIVE_TIMEOUT: Final = 60.0
 DEFAULT_MAX_TOKEN_BYTES: Final = 8192
@@ -49,9 +51,12 @@ ASYMMETRIC_ALGORITHMS: Final = frozenset(
 )
 SYMMETRIC_ALGORITHMS: Final = frozenset({"HS256", "HS384", "HS512"})
 
+NO_UPSTREAM: Final = ""
+
 AuthMode = Literal["required", "optional", "report_only"]
 TokenUse = Literal["id", "access"]
 TokenSourceKind = Literal["header", "cookie", "query"]
+ForwardConvention = Literal["auto", "x-forwarded", "x-original", "request"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +76,7 @@ class Tls:
 
 @dataclass(frozen=True, slots=True)
 class Server:
-    listen: Listen = Listen(*DEFAULT_LISTEN)
+    listen: Listen | None = Listen(*DEFAULT_LISTEN)  # None: the proxy door is off
     workers: int = 1
     graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
@@ -157,7 +162,7 @@ class Forward:
 @dataclass(frozen=True, slots=True)
 class Route:
     name: str
-    upstream: str
+    upstream: str = NO_UPSTREAM  # none: forward-auth and Lambda only (the proxy answers 404)
     match: Match = Match()
     auth: Auth | None = field(default_factory=Auth)  # None = `auth: none`
     forward: Forward = Forward()
@@ -168,6 +173,16 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardAuth:
+    """The forward-auth door: a gateway's auth subrequests, answered from the same policy."""
+
+    listen: Listen
+    trusted_proxies: tuple[str, ...] = DEFAULT_FORWARD_AUTH_TRUSTED
+    path_prefix: str = ""  # Envoy ext_authz `path_prefix`, removed from the request's path
+    convention: ForwardConvention = "auto"  # which headers describe the original request
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     issuers: dict[str, Issuer]
     routes: tuple[Route, ...]
@@ -175,6 +190,7 @@ class Config:
     server: Server = Server()
     admin: Admin = Admin()
     log: Log = Log()
+    forward_auth: ForwardAuth | None = None
 
     def claim_header_names(self) -> frozenset[str]:
         """Every header name any route fills from claims: stripped from every request."""

@@ -29,8 +29,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from .app import ProxyApp, admin_app, proxy_server
+from .app import ProxyApp, admin_app, door_server, proxy_server
 from .errors import ConfigError
+from .forward_auth import ForwardAuthDoor
 from .loader import load_text
 from .log import setup_logging
 from .metrics import Metrics
@@ -54,6 +55,8 @@ server:
   graceful_timeout: 2s
 admin:
   listen: {admin}
+forward_auth:
+  listen: {forward_auth}  # a gateway's auth subrequests (nginx auth_request, Traefik, ...)
 log:
   level: info
   format: text
@@ -173,7 +176,9 @@ class Example:
     command: str
 
 
-def examples(issuer: DemoIssuer, proxy: str, admin: str, explain_cmd: str) -> list[Example]:
+def examples(
+    issuer: DemoIssuer, proxy: str, admin: str, explain_cmd: str, forward_auth: str,
+) -> list[Example]:
     """The requests to try, each with the status the proxy answers."""
     now = int(time.time())
 
@@ -204,6 +209,10 @@ def examples(issuer: DemoIssuer, proxy: str, admin: str, explain_cmd: str) -> li
                 f'scope="{SCOPE}"',
                 curl("/orders/42", issuer.mint(scope="profile"))),
         Example("no route matches -> expect 404", curl("/nowhere")),
+        Example("forward-auth: a gateway asks about GET /orders/42 (Traefik/Caddy headers) "
+                "-> expect 200, empty body, X-Auth-Subject: alice for the gateway to copy",
+                curl("/", issuer.mint(), base=forward_auth,
+                     headers=("X-Forwarded-Method: GET", "X-Forwarded-Uri: /orders/42"))),
         Example("why was the expired token refused? explain runs the same pipeline, step by "
                 "step -> exits 1 (denied)",
                 f"{explain_cmd} /orders/42 {expired}"),
@@ -229,6 +238,8 @@ def banner(
     lines += [
         f"  proxy     {urls['proxy']}",
         f"  admin     {urls['admin']}   (/metrics /healthz /readyz)",
+        f"  forward-auth {urls['forward_auth']}  (the same policy for a gateway's auth "
+        "subrequests: docs/forward-auth.md)",
         f"  issuer    {urls['issuer']}  (fresh {ALG} key, kid {issuer.kid}; "
         "discovery at /.well-known/openid-configuration, keys at /jwks.json)",
         f"  upstream  {urls['upstream']}  (echo: answers with the method, path and headers "
@@ -273,7 +284,8 @@ async def _demo(port: int, admin_port: int, out: TextIO) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    wanted = {"proxy": port, "admin": admin_port, "issuer": 0, "upstream": 0}
+    wanted = {"proxy": port, "admin": admin_port, "issuer": 0, "upstream": 0,
+              "forward_auth": 0}
     try:
         async with contextlib.AsyncExitStack() as stack:
             socks = stack.enter_context(_sockets(wanted))
@@ -289,6 +301,7 @@ async def _demo(port: int, admin_port: int, out: TextIO) -> int:
             config_text = CONFIG_TEMPLATE.format(
                 proxy=urls["proxy"].removeprefix("http://"),
                 admin=urls["admin"].removeprefix("http://"), issuer=urls["issuer"],
+                forward_auth=urls["forward_auth"].removeprefix("http://"),
                 upstream=urls["upstream"], audience=AUDIENCE, scope=SCOPE, alg=ALG)
             config = load_text(config_text)
             config_path = tmp / "config.yaml"
@@ -304,11 +317,15 @@ async def _demo(port: int, admin_port: int, out: TextIO) -> int:
             await _serve(stack, web.ServerRunner(proxy_server(proxy, config),
                                                  shutdown_timeout=SHUTDOWN_TIMEOUT),
                          socks["proxy"])
+            assert config.forward_auth is not None
+            await _serve(stack, web.ServerRunner(
+                door_server(ForwardAuthDoor(proxy, config.forward_auth).handle, config),
+                shutdown_timeout=SHUTDOWN_TIMEOUT), socks["forward_auth"])
             await _serve(stack, web.AppRunner(admin_app(proxy), access_log=None,
                                               shutdown_timeout=SHUTDOWN_TIMEOUT),
                          socks["admin"])
             items = examples(issuer, urls["proxy"], urls["admin"],
-                             _explain_command(config_path))
+                             _explain_command(config_path), urls["forward_auth"])
             out.write(banner(urls, issuer, config_text, config_path, busy, items))
             out.flush()
             await stop.wait()

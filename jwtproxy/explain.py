@@ -15,7 +15,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final, TextIO
 from urllib.parse import quote
 
@@ -23,10 +23,11 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .app import error_response
-from .config import Config
-from .errors import JwtProxyError, KeysUnavailable
+from .config import NO_UPSTREAM, Config, ForwardAuth, Listen
+from .errors import JwtProxyError, KeysUnavailable, NotFound
 from .explain_text import Report, Words, marks_for, render
-from .gate import Gate, RequestView
+from .forward_auth import claim_headers, error_answer, reconstruct
+from .gate import Decision, Gate, RequestView
 from .jwks import KeySet, KeyStore, build_stores
 from .jws import parse
 from .verifier import Verifier
@@ -34,6 +35,9 @@ from .verifier import Verifier
 EXIT_ALLOW: Final = 0
 EXIT_DENY: Final = 1
 FETCH_TIMEOUT: Final = 30.0
+SOURCES: Final = {"x-forwarded": "X-Forwarded-Method / X-Forwarded-Uri",
+                  "x-original": "X-Original-Method / X-Original-URI + Host",
+                  "request": "the auth request itself"}
 
 
 class OfflineStore(KeyStore):
@@ -50,10 +54,15 @@ class OfflineStore(KeyStore):
 async def explain(
     config: Config, method: str, host: str, path: str, token: str, *,
     as_json: bool = False, offline: bool = False, out: TextIO | None = None,
+    forward_auth: Sequence[tuple[str, str]] | None = None,
 ) -> int:
-    """Print the decision for one request; 0 if it would be allowed, 1 if denied."""
+    """Print the decision for one request; 0 if it would be allowed, 1 if denied.
+
+    `forward_auth` (the subrequest's extra headers, maybe none): the request is an auth
+    subrequest to the forward-auth door, from a trusted gateway."""
     out = out or sys.stdout
-    report = await build_report(config, method, host, path, token, offline=offline)
+    report = await build_report(config, method, host, path, token, offline=offline,
+                                forward_auth=forward_auth)
     if as_json:
         out.write(json.dumps(report.as_dict(), indent=2, default=str) + "\n")
     else:
@@ -64,11 +73,29 @@ async def explain(
 
 async def build_report(
     config: Config, method: str, host: str, path: str, token: str, *, offline: bool = False,
+    forward_auth: Sequence[tuple[str, str]] | None = None,
 ) -> Report:
     """Decide with the server's Gate (fetching keys unless `offline`) and explain it."""
     method = method.upper()
     raw_path, _, query = path.partition("?")
     view, location = _view(config, method, host, raw_path, query, token)
+    original: str | None = None
+    refused: JwtProxyError | None = None
+    if forward_auth is not None:
+        headers = CIMultiDict(view.headers)
+        for name, value in forward_auth:
+            headers.add(name, value)
+        settings = config.forward_auth or ForwardAuth(Listen("127.0.0.1", 0))
+        try:
+            rebuilt = reconstruct(method, host, "http", view.raw_path + (
+                f"?{view.query_string}" if view.query_string else ""),
+                CIMultiDictProxy(headers), settings)
+        except JwtProxyError as err:
+            refused, original = err, f"not reconstructed: {err.description}"
+        else:
+            view = rebuilt.view(CIMultiDictProxy(headers))
+            original = (f"{rebuilt.method} {rebuilt.scheme}://{rebuilt.host}{rebuilt.target}"
+                        f"  (from {SOURCES[rebuilt.source]})")
     with _quiet_logs():
         session = None if offline else aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT),
@@ -76,8 +103,8 @@ async def build_report(
         stores = _stores(config, session)
         try:
             now = time.time()
-            decision = await Gate(config, Verifier(config.issuers, stores)).decide(
-                view, trace=True)
+            decision = Decision(None, refused) if refused is not None else await Gate(
+                config, Verifier(config.issuers, stores)).decide(view, trace=True)
         finally:
             await asyncio.gather(*(store.close() for store in stores.values()))
             if session is not None:
@@ -88,9 +115,12 @@ async def build_report(
                   _unverified_header(token) if token else {}, stores, offline_stores, now,
                   location)
     report = Report(method, host, path, location if token else None, claims, decision,
-                    words.steps())
+                    words.steps(), original=original)
     words.notes(report)
-    _answer(report, view, token)
+    if forward_auth is None:
+        _answer(report, view, token)
+    else:
+        _gateway_answer(report)
     return report
 
 
@@ -143,8 +173,31 @@ def _unverified_header(token: str) -> Mapping[str, Any]:
         return {}
 
 
+def _gateway_answer(report: Report) -> None:
+    """What the forward-auth door answers the gateway."""
+    decision = report.decision
+    if decision.error is not None:
+        response = error_answer(decision.error)
+        report.status = response.status
+        report.www_authenticate = response.headers.get("WWW-Authenticate")
+        report.retry_after = response.headers.get("Retry-After")
+        report.body = json.loads(response.text or "{}")
+        return
+    assert decision.route is not None
+    report.forward_headers = claim_headers(decision.route.route, decision.claims)
+    for claim, header in decision.route.route.forward.claims:
+        if header not in report.forward_headers:
+            report.not_forwarded[header] = _why_not(decision, claim)
+
+
 def _answer(report: Report, view: RequestView, token: str) -> None:
     decision = report.decision
+    if decision.route is not None and decision.route.route.upstream == NO_UPSTREAM:
+        # as the proxy door: a route without upstream is not one of its routes
+        report.notes.append(f"route {decision.route.route.name} has no upstream: the proxy "
+                            "answers 404 (it is served by forward-auth and Lambda)")
+        decision = report.decision = Decision(None, NotFound("no route matches"),
+                                              steps=decision.steps)
     if decision.error is not None:
         response = error_response(decision.error)
         report.www_authenticate = response.headers.get("WWW-Authenticate")
@@ -167,14 +220,16 @@ def _answer(report: Report, view: RequestView, token: str) -> None:
         if name in sent:
             report.forward_headers[name] = sent[name]
     for claim, header in plan.claims:
-        if header in sent:
-            continue
-        if decision.claims is None:
-            report.not_forwarded[header] = "no verified token, so no claims"
-        elif claim not in decision.claims:
-            report.not_forwarded[header] = f"the token has no {claim} claim"
-        else:
-            report.not_forwarded[header] = f"claim {claim} is not a header-safe value"
+        if header not in sent:
+            report.not_forwarded[header] = _why_not(decision, claim)
+
+
+def _why_not(decision: Decision, claim: str) -> str:
+    if decision.claims is None:
+        return "no verified token, so no claims"
+    if claim not in decision.claims:
+        return f"the token has no {claim} claim"
+    return f"claim {claim} is not a header-safe value"
 
 
 @contextlib.contextmanager

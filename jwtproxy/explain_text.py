@@ -35,11 +35,15 @@ class Report:
     upstream_url: str | None = None
     forward_headers: dict[str, str] = field(default_factory=dict)
     not_forwarded: dict[str, str] = field(default_factory=dict)
+    original: str | None = None  # forward-auth: the original request, as reconstructed
+    status: int | None = None  # when the door answers otherwise than the decision's status
 
     def as_dict(self) -> dict[str, Any]:
         route = self.decision.route
         return {
             "request": {"method": self.method, "host": self.host, "path": self.path},
+            "door": "forward_auth" if self.original is not None else "proxy",
+            "original_request": self.original,
             "route": route.route.name if route else None,
             "issuer": self.decision.issuer,
             "token_location": self.token_location,
@@ -47,7 +51,7 @@ class Report:
             "claims_verified": self.decision.claims is not None,
             "steps": [{"name": s.name, "ok": s.ok, "detail": s.detail} for s in self.steps],
             "allowed": self.decision.allowed,
-            "status": self.decision.status,
+            "status": self.status or self.decision.status,
             "reason": self.decision.auth_reason if self.decision.error is None
             else self.decision.error.reason,
             "www_authenticate": self.www_authenticate,
@@ -316,6 +320,8 @@ def render(report: Report, marks: tuple[str, str] = ("✓", "✗")) -> str:
     lines = [f"request   {report.method} {report.host}{report.path}"
              + (f"  (token in the {report.token_location})" if report.token_location
                 else "  (no token)")]
+    if report.original is not None:
+        lines.append(f"original  {report.original}")
     if report.claims:
         shown = ", ".join(f"{name} {_claim_text(name, report.claims[name])}"
                           for name in SHOWN_CLAIMS if name in report.claims)
@@ -327,7 +333,14 @@ def render(report: Report, marks: tuple[str, str] = ("✓", "✗")) -> str:
         lines.append(f"  {marks[0] if step.ok else marks[1]} {step.name:<{width}}  {step.detail}")
     lines.append("")
     lines += [f"note: {note}" for note in report.notes]
-    if decision.error is None:
+    if decision.error is None and report.original is not None:
+        lines.append(f"{marks[0]} ALLOW: 200 to the gateway, empty body")
+        if report.forward_headers or report.not_forwarded:
+            lines.append("  claim headers for the gateway to copy upstream:")
+            lines += [f"    {name}: {value}" for name, value in report.forward_headers.items()]
+            lines += [f"    {name}: (not sent: {why})"
+                      for name, why in report.not_forwarded.items()]
+    elif decision.error is None:
         lines.append(f"{marks[0]} ALLOW: {report.method} forwarded to {report.upstream_url}")
         if report.forward_headers or report.not_forwarded:
             lines.append("  headers set from claims (copies sent by the client are removed):")
@@ -338,7 +351,8 @@ def render(report: Report, marks: tuple[str, str] = ("✓", "✗")) -> str:
             lines.append("  Authorization: removed (forward.authorization: strip)")
     else:
         err = decision.error
-        lines.append(f"{marks[1]} DENY: {err.status} ({err.reason}) {err.description}")
+        lines.append(f"{marks[1]} DENY: {report.status or err.status} ({err.reason}) "
+                     f"{err.description}")
         if report.www_authenticate:
             lines.append(f"  WWW-Authenticate: {report.www_authenticate}")
         if report.retry_after:

@@ -53,6 +53,12 @@ def claim_header_value(value: Any) -> str | None:
     return text
 
 
+def encoded_claims(claims: Mapping[str, Any]) -> str:
+    """A `payload_header` value: the claims as base64url (unpadded) compact JSON."""
+    payload = json.dumps(claims, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+
+
 class TrustedProxies:
     def __init__(self, networks: Iterable[str]) -> None:
         self.networks = tuple(ipaddress.ip_network(net, strict=False) for net in networks)
@@ -134,9 +140,7 @@ class HeaderPlan:
                 if text is not None:
                     out.append((header, text.encode()))
             if self.payload_header:
-                payload = json.dumps(claims, separators=(",", ":")).encode()
-                out.append((self.payload_header.encode(),
-                            base64.urlsafe_b64encode(payload).rstrip(b"=")))
+                out.append((self.payload_header.encode(), encoded_claims(claims).encode()))
         return out
 
     def request_headers(

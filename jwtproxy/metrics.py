@@ -61,6 +61,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._requests: dict[tuple[str, int], int] = {}
+        self._forward_auths: dict[tuple[str, int], int] = {}
         self._auths: dict[tuple[str, str, str, str], int] = {}
         self._cache_lookups: dict[str, int] = {}
         self._durations: dict[str, _Tally] = {}
@@ -71,6 +72,9 @@ class Metrics:
         reg = self.registry
         self.requests = Counter("jwtproxy_requests", "Requests answered, by route and status",
                                 ["route", "code"], registry=reg)
+        self.forward_auth_requests = Counter(
+            "jwtproxy_forward_auth_requests", "Forward-auth subrequests answered, by route and "
+            "status", ["route", "code"], registry=reg)
         self.request_duration = Histogram(
             "jwtproxy_request_duration_seconds", "Whole request time, by route", ["route"],
             buckets=LATENCY_BUCKETS, registry=reg)
@@ -115,6 +119,10 @@ class Metrics:
         if upstream_seconds is not None:
             self._tally(self._upstream_durations, route, upstream_seconds)
 
+    def observe_forward_auth(self, route: str, code: int) -> None:
+        key = (route, code)
+        self._forward_auths[key] = self._forward_auths.get(key, 0) + 1
+
     def observe_auth(
         self, route: str, issuer: str, denied: bool, reason: str, cache_hit: bool | None
     ) -> None:
@@ -141,6 +149,9 @@ class Metrics:
         requests, self._requests = self._requests, {}
         for (route, code), count in requests.items():
             self._child(self.requests, route, str(code)).inc(count)
+        forward_auths, self._forward_auths = self._forward_auths, {}
+        for (route, code), count in forward_auths.items():
+            self._child(self.forward_auth_requests, route, str(code)).inc(count)
         auths, self._auths = self._auths, {}
         for labels, count in auths.items():
             self._child(self.auth, *labels).inc(count)

@@ -13,9 +13,10 @@ from typing import Final
 
 from aiohttp import web
 
-from .app import ProxyApp, admin_app, proxy_server, server_ssl_context
+from .app import ProxyApp, admin_app, door_server, proxy_server, server_ssl_context
 from .config import Config
 from .errors import ConfigError
+from .forward_auth import ForwardAuthDoor
 from .loader import load_file
 from .metrics import Metrics
 
@@ -32,8 +33,14 @@ async def serve(config_path: Path, config: Config, watch: bool = False) -> None:
     proxy_runner = web.ServerRunner(proxy_server(proxy, config),
                                     shutdown_timeout=config.server.graceful_timeout)
     admin_runner = web.AppRunner(admin_app(proxy), access_log=None, shutdown_timeout=1.0)
+    forward_auth = config.forward_auth
+    forward_runner = None if forward_auth is None else web.ServerRunner(
+        door_server(ForwardAuthDoor(proxy, forward_auth).handle, config),
+        shutdown_timeout=config.server.graceful_timeout)
     await proxy_runner.setup()
     await admin_runner.setup()
+    if forward_runner is not None:
+        await forward_runner.setup()
     tls_context = server_ssl_context(config)
     stop = asyncio.Event()
     reloading = asyncio.Lock()
@@ -48,10 +55,13 @@ async def serve(config_path: Path, config: Config, watch: bool = False) -> None:
                 log.error("config_reload_refused", extra={"reason": reason,
                                                           "problems": err.problems})
                 return
-            if (new.server != proxy.state.config.server if proxy.state else False) or (
-                    proxy.state and new.admin != proxy.state.config.admin):
+            old = proxy.state.config if proxy.state else None
+            if old is not None and (new.server != old.server or new.admin != old.admin or (
+                    new.forward_auth and new.forward_auth.listen) != (
+                    old.forward_auth and old.forward_auth.listen)):
                 log.warning("config_reload_partial", extra={
-                    "detail": "server and admin settings take effect on restart"})
+                    "detail": "server, admin and forward_auth.listen settings take effect on "
+                              "restart"})
             if tls_context is not None and new.server.tls is not None:
                 try:  # new handshakes use the re-read certificate; the listener stays
                     tls_context.load_cert_chain(new.server.tls.cert_file, new.server.tls.key_file)
@@ -70,18 +80,26 @@ async def serve(config_path: Path, config: Config, watch: bool = False) -> None:
     watcher = asyncio.create_task(_watch(config_path, reload)) if watch else None
     try:
         listen, admin = config.server.listen, config.admin.listen
-        await web.TCPSite(proxy_runner, listen.host, listen.port,
-                          ssl_context=tls_context,
-                          reuse_port=reuse_port, backlog=1024).start()
+        if listen is not None:  # `server.listen: null`: the proxy door is off
+            await web.TCPSite(proxy_runner, listen.host, listen.port,
+                              ssl_context=tls_context,
+                              reuse_port=reuse_port, backlog=1024).start()
+        if forward_runner is not None and forward_auth is not None:
+            await web.TCPSite(forward_runner, forward_auth.listen.host, forward_auth.listen.port,
+                              reuse_port=reuse_port, backlog=1024).start()
         await web.TCPSite(admin_runner, admin.host, admin.port, reuse_port=reuse_port).start()
-        log.info("listening", extra={"proxy": str(listen), "admin": str(admin),
-                                     "routes": len(config.routes)})
+        log.info("listening", extra={
+            "proxy": str(listen) if listen else None, "admin": str(admin),
+            "forward_auth": str(forward_auth.listen) if forward_auth else None,
+            "routes": len(config.routes)})
         await stop.wait()
         log.info("draining", extra={"graceful_timeout": config.server.graceful_timeout})
     finally:
         if watcher is not None:
             watcher.cancel()
         await proxy_runner.cleanup()
+        if forward_runner is not None:
+            await forward_runner.cleanup()
         await admin_runner.cleanup()
         await proxy.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -17,6 +17,7 @@ from .config import (
     Auth,
     Config,
     Forward,
+    ForwardAuth,
     Issuer,
     Log,
     Match,
@@ -25,6 +26,7 @@ from .config import (
     Tls,
     TokenSource,
     TokenSourceKind,
+    is_loopback_host,
 )
 from .fields import HOST_NAME, build
 from .issuer_validation import IssuerValidator
@@ -48,18 +50,22 @@ class Validator(IssuerValidator):
         self.token_headers: frozenset[str] = frozenset()
 
     def config(self, data: Any) -> Config | None:
-        top = self.mapping("", data, {"server", "admin", "log", "issuers", "tokens", "routes"})
+        top = self.mapping("", data, {"server", "admin", "log", "issuers", "tokens", "routes",
+                                      "forward_auth"})
         server = self.server(top.get("server"))
         admin = self.admin(top.get("admin"))
         log = self.log(top.get("log"))
         issuers = self.issuers(top.get("issuers"))
         tokens = self.tokens(top.get("tokens"))
         routes = self.routes(top.get("routes"), issuers)
+        forward_auth = self.forward_auth(top["forward_auth"]) if "forward_auth" in top else None
         if server.listen == admin.listen:
             self.problem("admin.listen", "must differ from server.listen")
+        if forward_auth is not None and forward_auth.listen in (server.listen, admin.listen):
+            self.problem("forward_auth.listen", "must differ from server.listen and admin.listen")
         if self.problems:
             return None
-        return Config(issuers, routes, tokens, server, admin, log)
+        return Config(issuers, routes, tokens, server, admin, log, forward_auth)
 
     def server(self, value: Any) -> Server:
         path = "server"
@@ -68,7 +74,7 @@ class Validator(IssuerValidator):
             "trusted_proxies", "upstream_idle_timeout", "upstream_max_idle",
         })
         kwargs: dict[str, Any] = {}
-        if "listen" in raw:
+        if raw.get("listen") is not None:
             kwargs["listen"] = self.listen(f"{path}.listen", raw["listen"])
         if "workers" in raw:
             workers = raw["workers"]
@@ -103,14 +109,52 @@ class Validator(IssuerValidator):
             key = self.file(f"{path}.tls.key_file", tls.get("key_file"))
             kwargs["tls"] = Tls(cert, key) if cert and key else None
         if "trusted_proxies" in raw:
-            networks = self.strings(f"{path}.trusted_proxies", raw["trusted_proxies"])
-            for i, net in enumerate(networks):
-                try:
-                    ipaddress.ip_network(net, strict=False)
-                except ValueError:
-                    self.problem(f"{path}.trusted_proxies[{i}]", f"not an IP network: {net!r}")
-            kwargs["trusted_proxies"] = networks
-        return build(Server, kwargs)
+            kwargs["trusted_proxies"] = self.networks(
+                f"{path}.trusted_proxies", raw["trusted_proxies"])
+        server = build(Server, kwargs)
+        # `listen: null` turns the proxy door off (forward-auth or Lambda only)
+        return replace(server, listen=None) if "listen" in raw and raw["listen"] is None \
+            else server
+
+    def networks(self, path: str, value: Any) -> tuple[str, ...]:
+        networks = self.strings(path, value)
+        for i, net in enumerate(networks):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                self.problem(f"{path}[{i}]", f"not an IP network: {net!r}")
+        return networks
+
+    def forward_auth(self, value: Any) -> ForwardAuth | None:
+        path = "forward_auth"
+        raw = self.mapping(path, value, {"listen", "trusted_proxies", "path_prefix",
+                                         "convention"})
+        if "listen" not in raw:
+            self.problem(f"{path}.listen", "required: where the gateway asks (host:port)")
+            return None
+        listen = self.listen(f"{path}.listen", raw["listen"])
+        kwargs: dict[str, Any] = {"listen": listen}
+        if "trusted_proxies" in raw:
+            kwargs["trusted_proxies"] = self.networks(
+                f"{path}.trusted_proxies", raw["trusted_proxies"])
+            if not kwargs["trusted_proxies"]:
+                self.problem(f"{path}.trusted_proxies", "expected at least one network "
+                             "(nobody could ask: every peer would get 403)")
+        elif listen is not None and not is_loopback_host(listen.host):
+            # the X-Forwarded-* / X-Original-* headers say which request is allowed: believe
+            # them only from the gateway, never by default from the whole network
+            self.problem(f"{path}.trusted_proxies", f"required when listen is not loopback "
+                         f"({listen}): the gateway's addresses")
+        if "path_prefix" in raw:
+            prefix = self.string(f"{path}.path_prefix", raw["path_prefix"])
+            if prefix is not None and (not prefix.startswith("/") or prefix.endswith("/")):
+                self.problem(f"{path}.path_prefix", "must start with / and not end with /")
+                prefix = None
+            kwargs["path_prefix"] = prefix
+        if "convention" in raw:
+            kwargs["convention"] = self.choice(f"{path}.convention", raw["convention"],
+                                               ("auto", "x-forwarded", "x-original", "request"))
+        return build(ForwardAuth, kwargs) if listen is not None else None
 
     def admin(self, value: Any) -> Admin:
         raw = self.mapping("admin", value, {"listen"})
@@ -201,9 +245,10 @@ class Validator(IssuerValidator):
             "ca_file"})
         kwargs: dict[str, Any] = {
             "name": self.string(f"{path}.name", raw.get("name")),
-            "upstream": self.upstream(f"{path}.upstream", raw.get("upstream")),
             "match": self.match(f"{path}.match", raw.get("match")),
         }
+        if "upstream" in raw:  # none: served by forward-auth and Lambda only
+            kwargs["upstream"] = self.upstream(f"{path}.upstream", raw["upstream"])
         public = raw.get("auth") == "none"
         if not public:
             kwargs["auth"] = self.auth(f"{path}.auth", raw.get("auth"), issuers)
@@ -221,7 +266,7 @@ class Validator(IssuerValidator):
                 kwargs["read_timeout"] = self.duration(f"{path}.timeouts.read", timeouts["read"])
         if "ca_file" in raw:
             kwargs["ca_file"] = self.file(f"{path}.ca_file", raw["ca_file"])
-        if kwargs["name"] is None or kwargs["upstream"] is None:
+        if kwargs["name"] is None or ("upstream" in raw and kwargs["upstream"] is None):
             return None
         route = build(Route, kwargs)
         return replace(route, auth=None) if public else route

@@ -1,8 +1,9 @@
 """Run the real `jwtproxy` CLI as a subprocess for end-to-end tests.
 
-`proxy_process(config)` fills in free loopback ports for `server.listen` and
-`admin.listen`, writes the YAML, starts `python -m jwtproxy run -c FILE`, polls
-`/healthz` (and `/readyz` when `wait_ready`), and stops the process it started by PID.
+`proxy_process(config)` fills in free loopback ports for `server.listen` (unless it is
+null), `admin.listen` and `forward_auth.listen` (when the section is there), writes the
+YAML, starts `python -m jwtproxy run -c FILE`, polls `/healthz` (and `/readyz` when
+`wait_ready`), and stops the process it started by PID.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class ProxyProcess:
     config_path: Path
     log_path: Path
     final_logs: str | None = None
+    forward_port: int | None = None  # forward_auth.listen, when the config has the section
 
     @property
     def url(self) -> str:
@@ -87,8 +89,14 @@ def proxy_process(
 ) -> Iterator[ProxyProcess]:
     config = copy.deepcopy(config)
     port, admin_port = free_port(), free_port()
-    config.setdefault("server", {})["listen"] = f"127.0.0.1:{port}"
+    server = config.setdefault("server", {})
+    if "listen" not in server or server["listen"] is not None:  # null: the proxy door off
+        server["listen"] = f"127.0.0.1:{port}"
     config.setdefault("admin", {})["listen"] = f"127.0.0.1:{admin_port}"
+    forward_port = None
+    if "forward_auth" in config:
+        forward_port = free_port()
+        config["forward_auth"]["listen"] = f"127.0.0.1:{forward_port}"
     with tempfile.TemporaryDirectory(prefix="jwtproxy-test-") as tmp:
         config_path = Path(tmp) / "config.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -100,7 +108,8 @@ def proxy_process(
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **(env or {})},
             )
-            proc = ProxyProcess(process, port, admin_port, config_path, log_path)
+            proc = ProxyProcess(process, port, admin_port, config_path, log_path,
+                                forward_port=forward_port)
             try:
                 deadline = time.monotonic() + START_TIMEOUT
                 _poll(proc, "/healthz", deadline)

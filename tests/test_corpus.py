@@ -209,8 +209,9 @@ class World:
 
 
 @contextlib.contextmanager
-def run_world() -> Iterator[World]:
-    """Key server, attacker host and echo upstream in a thread; the proxy as a process."""
+def run_world(extra: dict[str, Any] | None = None) -> Iterator[World]:
+    """Key server, attacker host and echo upstream in a thread; the proxy as a process
+    (`extra`: more top-level config, e.g. a `forward_auth` section)."""
     loop = _Loop()
     try:
         main = JwksEndpoint(KEYS.main_jwks())
@@ -226,7 +227,7 @@ def run_world() -> Iterator[World]:
         upstream_app = web.Application()
         upstream_app.router.add_route("*", "/{tail:.*}", upstream.handle)
         upstream_url = loop.serve(upstream_app)
-        config = proxy_config(keys_url, attacker_url, upstream_url)
+        config = {**proxy_config(keys_url, attacker_url, upstream_url), **(extra or {})}
         with proxy_process(config, env={HS_SECRET_ENV: KEYS.hs_secret}) as proxy:
             yield World(proxy, upstream, attacker, attacker_url, {"main": main, "partner": partner})
     finally:

@@ -146,6 +146,8 @@ def test_every_printed_command_gets_its_announced_status() -> None:
                 headers = echo_headers(output)
                 assert headers["X-Auth-Subject"] == "alice"
                 assert headers["X-Auth-Scopes"] == "orders:read profile"
+            if example.comment.startswith("forward-auth"):
+                assert "X-Auth-Subject: alice" in output, output
             if "missing scope" in example.comment:
                 assert 'error="insufficient_scope"' in output
                 assert 'scope="orders:read"' in output

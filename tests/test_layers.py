@@ -22,7 +22,7 @@ LAYERS: Final = {
     "jwks": 2, "pool": 2, "jws": 2, "algorithms": 2, "expiring": 2,
     "verifier": 3,
     "gate": 4, "forwarder": 4,
-    "app": 5, "explain": 5, "explain_text": 5, "serve": 5,
+    "app": 5, "forward_auth": 5, "explain": 5, "explain_text": 5, "serve": 5,
     "cli": 6, "demo": 6, "supervisor": 6, "__main__": 6,
 }
 
@@ -39,7 +39,10 @@ SAME_LAYER: Final = {
     ("algorithms", "jwks"),               # key_fits reads a key's kty, crv, alg, use, key_ops
     ("explain", "app"),                   # prints the very error body the proxy would send
     ("explain", "explain_text"),          # the words and the rendering of the report
+    ("explain", "forward_auth"),          # --forward-auth: the door's reconstruction, answer
     ("serve", "app"),                     # runs the apps
+    ("serve", "forward_auth"),            # ... and the forward-auth door
+    ("forward_auth", "app"),              # the proxy's State and its very error answers
     ("cli", "demo"),                      # `jwtproxy demo`
     ("cli", "supervisor"),                # `workers > 1`
     ("__main__", "cli"),
@@ -49,11 +52,11 @@ SAME_LAYER: Final = {
 OWNERS: Final = {
     "yaml": {"loader"},
     "joserfc": {"jwks", "verifier"},
-    "aiohttp.web": {"app", "forwarder", "serve", "demo"},
+    "aiohttp.web": {"app", "forward_auth", "forwarder", "serve", "demo"},
     # client side: key fetches (jwks; app and explain open the session they pass to it)
     # and the upstream side (forwarder); the web modules may use it too; log filters
     # aiohttp's parser errors (aiohttp.http_exceptions) out of the log
-    "aiohttp": {"app", "forwarder", "serve", "demo", "jwks", "explain", "log"},
+    "aiohttp": {"app", "forward_auth", "forwarder", "serve", "demo", "jwks", "explain", "log"},
     "httptools": {"pool"},
     "prometheus_client": {"metrics", "supervisor"},
 }
