@@ -256,6 +256,10 @@ def storm(reloads: int, concurrency: int) -> Report:
                 for thread in threads:
                     thread.join(15)
             report.seconds = round(time.monotonic() - started, 2)
+            if reloads % 2:  # B is in force: the http upstream's connections are closing
+                deadline = time.monotonic() + 5
+                while plain.open_connections() and time.monotonic() < deadline:
+                    time.sleep(0.01)  # polling interval: the close crosses two threads
             report.after = Sample(rss_kb(pid), fds(pid), secure.open_connections(),
                                   plain.open_connections())
     return report
