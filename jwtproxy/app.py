@@ -93,6 +93,7 @@ class ProxyApp:
         self.state: State | None = None
         self.initial_config = config
         self.request_ids = RequestIds()
+        self.draining = False  # set on SIGTERM: /readyz answers 503 so traffic moves away
         self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -278,6 +279,8 @@ def admin_app(proxy: ProxyApp) -> web.Application:
         return web.json_response({"status": "ok", "pid": os.getpid()})
 
     async def readyz(_: web.Request) -> web.Response:
+        if proxy.draining:
+            return web.json_response({"status": "draining"}, status=503)
         missing = proxy.missing_keys()
         if missing:
             return web.json_response({"status": "not_ready", "missing": missing}, status=503)

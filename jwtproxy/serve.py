@@ -23,6 +23,7 @@ from .metrics import Metrics
 log = logging.getLogger("jwtproxy.serve")
 
 WATCH_INTERVAL: Final = 1.0
+CUT_GRACE: Final = 0.05  # seconds a cut request's task gets to unwind after its cancel
 
 
 async def serve(config_path: Path, config: Config, watch: bool = False) -> None:
@@ -30,8 +31,8 @@ async def serve(config_path: Path, config: Config, watch: bool = False) -> None:
     proxy = ProxyApp(config, metrics)
     await proxy.start()
     reuse_port = config.server.workers > 1
-    proxy_runner = web.ServerRunner(proxy_server(proxy, config),
-                                    shutdown_timeout=config.server.graceful_timeout)
+    # the drain is ours (`_drain`): aiohttp's own waits up to twice its shutdown_timeout
+    proxy_runner = web.ServerRunner(proxy_server(proxy, config), shutdown_timeout=CUT_GRACE)
     admin_runner = web.AppRunner(admin_app(proxy), access_log=None, shutdown_timeout=1.0)
     forward_auth = config.forward_auth
     forward_runner = None if forward_auth is None else web.ServerRunner(
@@ -74,8 +75,17 @@ async def serve(config_path: Path, config: Config, watch: bool = False) -> None:
             metrics.config_reloads.labels("ok").inc()
             log.info("config_reloaded", extra={"reason": reason, "routes": len(new.routes)})
 
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    drain_deadline = float("inf")
+
+    def on_stop() -> None:
+        nonlocal drain_deadline
+        if not stop.is_set():  # the clock starts at the first signal
+            drain_deadline = loop.time() + config.server.graceful_timeout
+            proxy.draining = True  # /readyz answers 503 from now on
+            stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop)
+    loop.add_signal_handler(signal.SIGINT, on_stop)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload("SIGHUP")))
     watcher = asyncio.create_task(_watch(config_path, reload)) if watch else None
     try:
@@ -97,6 +107,9 @@ async def serve(config_path: Path, config: Config, watch: bool = False) -> None:
     finally:
         if watcher is not None:
             watcher.cancel()
+        if not stop.is_set():
+            drain_deadline = loop.time()  # an error exit, no signal: cut at once
+        await _drain(proxy_runner, drain_deadline)
         await proxy_runner.cleanup()
         if forward_runner is not None:
             await forward_runner.cleanup()
@@ -106,6 +119,26 @@ async def serve(config_path: Path, config: Config, watch: bool = False) -> None:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
     log.info("stopped")
+
+
+async def _drain(runner: web.ServerRunner, deadline: float) -> None:
+    """Stop accepting, close idle connections, give in-flight requests until `deadline`
+    (`graceful_timeout` after the signal), then cut what is left."""
+    for site in list(runner.sites):
+        await site.stop()
+    server = runner.server
+    if server is None:
+        return
+    server.pre_shutdown()  # idle keep-alive connections close now, busy ones after a response
+    connections = server.connections
+    try:
+        async with asyncio.timeout_at(deadline):
+            await asyncio.gather(*(conn.shutdown(None) for conn in connections))
+    except TimeoutError:
+        left = server.connections
+        log.warning("drain_cut", extra={"connections": len(left)})
+        # a tiny timeout: RequestHandler.shutdown then cancels the handler and closes
+        await asyncio.gather(*(conn.shutdown(CUT_GRACE) for conn in left))
 
 
 async def _watch(path: Path, reload: object) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import signal
@@ -103,6 +104,50 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(
         assert result["r"][0] == 200
         assert proxy.process.wait(DEADLINE) == 0
         assert '"stopped"' in proxy.logs()
+
+
+def log_time(logs: str, event: str) -> float:
+    """The process's own timestamp (JSON log, milliseconds) of the first `event` line."""
+    for line in logs.splitlines():
+        entry = json.loads(line)
+        if entry["event"] == event:
+            stamp = datetime.datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+            return stamp.replace(tzinfo=datetime.UTC).timestamp()
+    raise AssertionError(f"no {event} line in:\n{logs}")
+
+
+def test_sigterm_cuts_what_outlasts_graceful_timeout_and_readyz_says_draining(
+    slow: tuple[SlowUpstream, int]
+) -> None:
+    upstream, port = slow
+    graceful = 2.0
+    with proxy_process(config_for(port, ["/"], graceful_timeout=f"{graceful}s")) as proxy:
+        result: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                result["r"] = get(proxy.url + "/slow")
+            except OSError as err:  # the cut: the connection closes without a response
+                result["r"] = err
+
+        client = threading.Thread(target=call)
+        client.start()
+        assert upstream.arrived.wait(DEADLINE)
+        proxy.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: "draining" in proxy.logs(), "the drain to start")
+        # load balancers must stop sending at once; the process itself is alive
+        assert proxy.admin_get("/readyz") == (503, '{"status": "draining"}')
+        assert proxy.admin_get("/healthz")[0] == 200
+        assert proxy.process.wait(DEADLINE) == 0
+        client.join(DEADLINE)
+        upstream.release.set()
+        assert isinstance(result["r"], OSError), result
+        logs = proxy.logs()
+        assert '"drain_cut"' in logs
+        # aiohttp's own shutdown waited up to twice its timeout (4 s here): the cut comes
+        # at graceful_timeout after the signal, measured on the process's own clock
+        drained = log_time(logs, "stopped") - log_time(logs, "draining")
+        assert graceful - 0.1 <= drained < graceful * 1.5, drained
 
 
 def test_sighup_reloads_and_refuses_a_bad_config(slow: tuple[SlowUpstream, int]) -> None:
