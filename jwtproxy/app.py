@@ -107,7 +107,15 @@ class ProxyApp:
     async def _flush_metrics(self) -> None:
         while True:
             await asyncio.sleep(METRICS_FLUSH_INTERVAL)
+            self.publish_key_counts()
             self.metrics.flush()
+
+    def publish_key_counts(self) -> None:
+        """The keys gauge follows usability (it drops to 0 past `stale_if_error`), which
+        changes with time alone, not only on a fetch."""
+        if self.state is not None:
+            for name, store in self.state.stores.items():
+                self.metrics.jwks_keys.labels(name).set(store.usable_key_count)
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -272,6 +280,7 @@ def _access_fields(
 
 def admin_app(proxy: ProxyApp) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
+        proxy.publish_key_counts()
         return web.Response(body=proxy.metrics.exposition(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

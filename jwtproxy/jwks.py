@@ -168,7 +168,13 @@ class KeyStore:
 
     @property
     def ready(self) -> bool:
+        """Keys are held and usable (the verifier checks this on every cache hit)."""
         return self.key_set is not None and self.clock() < self.usable_until
+
+    @property
+    def usable_key_count(self) -> int:
+        """What `jwtproxy_jwks_keys` reports: 0 once the keys are past `stale_if_error`."""
+        return len(self.key_set.keys) if self.key_set is not None and self.ready else 0
 
     @property
     def usable_until(self) -> float:

@@ -141,7 +141,8 @@ class Verifier:
         if cached is not None and cached.issuer in allowed:
             issuer = self.issuers[cached.issuer]
             store = self.stores[cached.issuer]
-            if store.key_set is not None and cached.key in store.key_set:
+            # `ready`: past stale_if_error no token of the issuer passes, cached or not
+            if store.key_set is not None and cached.key in store.key_set and store.ready:
                 try:
                     self.check_time(cached.claims, issuer)
                 except JwtProxyError as err:

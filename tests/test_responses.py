@@ -187,6 +187,36 @@ async def test_keys_unavailable_is_503_with_retry_after(
     assert (await proxy.client.get("/public/x")).status == 200
 
 
+async def test_a_cached_token_dies_with_its_issuers_keys_past_stale_if_error(
+    make_proxy: ProxyFactory, keys: KeyRing, jwks: Jwks, upstream: Upstream
+) -> None:
+    config = base_config(jwks[1], upstream[1])
+    config["issuers"]["main"]["jwks"].update(cache_ttl="60s", stale_if_error="60s")
+    proxy = await make_proxy(config)
+    store = proxy.app.state.stores["main"] if proxy.app.state else None
+    assert store is not None
+    now = [store.clock()]
+    store.clock = lambda: now[0]  # the store's monotonic clock, driven by the test
+    token = bearer(mint(keys.rsa, good()))
+    assert (await proxy.client.get("/orders/1", headers=token)).status == 200
+    assert (await proxy.client.get("/orders/1", headers=token)).status == 200  # cache hit
+    assert await proxy.metric("jwtproxy_token_cache_total", result="hit") == 1
+    jwks[0].status = 500
+    now[0] += 90  # past the TTL, within stale_if_error: stale keys still serve
+    assert (await proxy.client.get("/orders/1", headers=token)).status == 200
+    now[0] += 60  # past TTL + stale_if_error
+    resp = await proxy.client.get("/orders/1", headers=token)
+    assert resp.status == 503
+    assert (await body(resp))["error"] == "temporarily_unavailable"
+    assert await proxy.metric("jwtproxy_auth_total", reason="keys_unavailable") == 1
+    assert await proxy.metric("jwtproxy_jwks_keys", issuer="main") == 0
+    assert (await proxy.admin.get("/readyz")).status == 503
+    jwks[0].status = 200  # the issuer is back: the next fetch brings the keys again
+    now[0] += 60
+    assert (await proxy.client.get("/orders/1", headers=token)).status == 200
+    assert await proxy.metric("jwtproxy_jwks_keys", issuer="main") == 3
+
+
 async def test_upstream_refused_is_502(
     make_proxy: ProxyFactory, keys: KeyRing, jwks: Jwks
 ) -> None:
