@@ -31,6 +31,7 @@ from .errors import (
 )
 from .forwarder import Forwarder, Sent, UpstreamTiming
 from .gate import Decision, Gate, RequestView
+from .headers import CredentialStrip
 from .jwks import KeyStore
 from .log import ACCESS_LOGGER
 from .metrics import NO_ISSUER, NO_ROUTE, Metrics
@@ -59,6 +60,7 @@ class State:
     gate: Gate
     stores: Mapping[str, KeyStore]
     head_limit: int
+    credentials: CredentialStrip  # for routes with `forward.authorization: strip`
 
 
 def error_response(err: JwtProxyError) -> web.Response:
@@ -143,7 +145,8 @@ class ProxyApp:
         for issuer in config.issuers.values():
             if not issuer.audiences:
                 log.warning("issuer_without_audiences", extra={"issuer": issuer.name})
-        return State(config, Gate(config, verifier), stores, header_section_limit(config))
+        return State(config, Gate(config, verifier), stores, header_section_limit(config),
+                     CredentialStrip(config.tokens))
 
     async def reload(self, config: Config) -> None:
         assert self.state is not None
@@ -194,6 +197,11 @@ class ProxyApp:
             else:
                 assert decision.route is not None
                 plan = decision.route.plan
+                strip = (state.credentials
+                         if decision.route.route.forward.authorization == "strip" else None)
+                if strip is not None:
+                    raw_query = strip.strip_query(raw_query)
+                    sep = sep if raw_query else ""
                 path_qs = decision.upstream_path + sep + raw_query
                 if (request.version >= HttpVersion11
                         and request.headers.get("Expect", "").lower() == "100-continue"):
@@ -201,14 +209,19 @@ class ProxyApp:
                     # (an HTTP/1.0 client gets no interim response)
                     await request.writer.write(CONTINUE)
                 if _is_websocket(request):
+                    headers = plan.request_headers(
+                        request.headers, decision.claims, peer_address(request), request.scheme,
+                        request_id)
+                    if strip is not None:
+                        strip.strip_headers(headers)
                     response = await self.forwarder.websocket(
-                        request, decision.route.route, path_qs, plan.request_headers(
-                            request.headers, decision.claims, peer_address(request), request.scheme,
-                            request_id))
+                        request, decision.route.route, path_qs, headers)
                 else:
                     fields = plan.request_fields(
                         request.raw_headers, decision.claims, peer_address(request), request.scheme,
                         request_id)
+                    if strip is not None:
+                        fields = strip.strip_fields(fields)
                     response = await self.forwarder.forward(
                         request, decision.route.route, path_qs, fields, request_id, timing)
         except JwtProxyError as err:

@@ -11,14 +11,15 @@ import ipaddress
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Final
+from urllib.parse import unquote_plus
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .config import HOP_BY_HOP, PROXY_SET_HEADERS, Route
+from .config import HOP_BY_HOP, PROXY_SET_HEADERS, Route, TokenSource
 
 REQUEST_ONLY_DROPPED: Final = PROXY_SET_HEADERS | {"expect"}
 RESPONSE_DROPPED_RAW: Final = frozenset(
@@ -181,6 +182,55 @@ class HeaderPlan:
         if trusted and prior_forwarded:
             element = b", ".join([*prior_forwarded, element])
         out.append((b"Forwarded", element))
+
+
+class CredentialStrip:
+    """`forward.authorization: strip`: the credential leaves the request wherever a token
+    source reads it — a header source's header, the named cookie (the other cookies
+    kept byte for byte), the named query parameter (the others kept, in order)."""
+
+    def __init__(self, sources: Sequence[TokenSource]) -> None:
+        self.headers = frozenset(normalized_name(s.name) for s in sources if s.kind == "header")
+        self.cookies = frozenset(s.name for s in sources if s.kind == "cookie")
+        self.params = frozenset(s.name for s in sources if s.kind == "query")
+
+    def strip_headers(self, out: CIMultiDict[str]) -> None:
+        for name in [name for name in out if normalized_name(name) in self.headers]:
+            out.popall(name, None)
+        if self.cookies and "Cookie" in out:
+            kept = [value for value in map(self._strip_cookies, out.popall("Cookie")) if value]
+            for value in kept:
+                out.add("Cookie", value)
+
+    def strip_fields(self, fields: Fields) -> Fields:
+        """The same on raw fields (the proxy path), order and bytes of the rest kept
+        (latin-1 round-trips every byte)."""
+        kept: Fields = []
+        for name, value in fields:
+            key = normalized_name(name.decode("latin-1"))
+            if key in self.headers:
+                continue
+            if key == "cookie" and self.cookies:
+                text = self._strip_cookies(value.decode("latin-1"))
+                if not text:
+                    continue
+                value = text.encode("latin-1")
+            kept.append((name, value))
+        return kept
+
+    def _strip_cookies(self, header: str) -> str:
+        # split as the extractor reads it (`;`, names compared stripped)
+        parts = [part for part in header.split(";")
+                 if part.strip().partition("=")[0] not in self.cookies]
+        return ";".join(parts).lstrip()
+
+    def strip_query(self, query: str) -> str:
+        """The query without the named parameters; names compared decoded, as the
+        extractor's `parse_qs` reads them (`access%5Ftoken` is `access_token`)."""
+        if not self.params or not query:
+            return query
+        return "&".join(part for part in query.split("&")
+                        if unquote_plus(part.partition("=")[0]) not in self.params)
 
 
 def _response_dropped(raw: list[tuple[bytes, bytes]]) -> frozenset[bytes]:

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from jwtproxy.config import Forward, Match, Route
+from jwtproxy.config import Forward, Match, Route, TokenSource
 from jwtproxy.headers import (
+    CredentialStrip,
     HeaderPlan,
     TrustedProxies,
     claim_header_value,
@@ -188,6 +189,51 @@ def test_authorization_kept_or_stripped() -> None:
     out = rewrite(pairs, CLAIMS, forward=Forward(authorization="strip"))
     assert "Authorization" not in out
     assert out["Cookie"] == "a=1"
+
+
+SOURCES = CredentialStrip((TokenSource("header", "X-Access-Token"),
+                           TokenSource("cookie", "access_token"),
+                           TokenSource("query", "access_token")))
+
+
+@pytest.mark.parametrize(("cookies", "kept"), [
+    (["access_token=t"], []),
+    (["a=1; access_token=t;b=2"], ["a=1;b=2"]),
+    (["access_token=t; a=1", "b=\"x y\"; access_token=\"t\""], ["a=1", 'b="x y"']),
+    (["a=1;  c = 3 ", "xaccess_token=keep"], ["a=1;  c = 3 ", "xaccess_token=keep"]),
+])
+def test_strip_removes_the_named_cookie_and_keeps_the_others_byte_for_byte(
+    cookies: list[str], kept: list[str]
+) -> None:
+    out = CIMultiDict([("Cookie", value) for value in cookies] + [("Accept", "*/*")])
+    SOURCES.strip_headers(out)
+    assert out.getall("Cookie", []) == kept
+    assert out["Accept"] == "*/*"
+    fields = [(b"Cookie", value.encode()) for value in cookies] + [(b"Accept", b"*/*")]
+    assert SOURCES.strip_fields(fields) == [
+        *((b"Cookie", value.encode()) for value in kept), (b"Accept", b"*/*")]
+
+
+def test_strip_removes_header_sources_under_any_spelling() -> None:
+    out = CIMultiDict([("x-access-token", "t"), ("X_Access_Token", "t"), ("X-Other", "1")])
+    SOURCES.strip_headers(out)
+    assert list(out.items()) == [("X-Other", "1")]
+    fields = [(b"x-access-token", b"t"), (b"X_Access_Token", b"t"), (b"X-Other", b"\xff1")]
+    assert SOURCES.strip_fields(fields) == [(b"X-Other", b"\xff1")]
+
+
+@pytest.mark.parametrize(("query", "kept"), [
+    ("access_token=t", ""),
+    ("b=2&access_token=t&a=1", "b=2&a=1"),
+    ("a=%20x+y&access%5Ftoken=t&&z", "a=%20x+y&&z"),  # decoded names, as the extractor
+    ("access_token", ""),
+    ("access_tokens=1&x_access_token=2", "access_tokens=1&x_access_token=2"),
+    ("", ""),
+])
+def test_strip_removes_the_named_query_parameter_and_keeps_the_rest_in_order(
+    query: str, kept: str
+) -> None:
+    assert SOURCES.strip_query(query) == kept
 
 
 def test_request_id_replaced() -> None:

@@ -169,6 +169,31 @@ async def test_token_in_two_places_is_400(
     assert resp.status == 200
 
 
+async def test_strip_takes_the_token_from_wherever_it_came(
+    make_proxy: ProxyFactory, keys: KeyRing, jwks: Jwks, upstream: Upstream
+) -> None:
+    config = base_config(jwks[1], upstream[1],
+                         tokens=[{"header": "Authorization"}, {"cookie": "access_token"},
+                                 {"query": "access_token"}])
+    config["routes"][1]["forward"]["authorization"] = "strip"
+    proxy = await make_proxy(config)
+    token = mint(keys.rsa, good())
+    resp = await proxy.client.get("/orders/1", headers={"Cookie": f"a=b;access_token={token}"})
+    assert resp.status == 200
+    got = upstream[0].received[-1]
+    assert got.header_all("Cookie") == ["a=b"]
+    resp = await proxy.client.get(f"/orders/1?z=1&access_token={token}&a=x%20y")
+    assert resp.status == 200
+    assert upstream[0].received[-1].path_qs == "/orders/1?z=1&a=x%20y"
+    resp = await proxy.client.get(f"/orders/1?access_token={token}")
+    assert resp.status == 200
+    assert upstream[0].received[-1].path_qs == "/orders/1"
+    assert token not in str(upstream[0].received)
+    # `keep` (the default, route api) passes the credential on as it came
+    resp = await proxy.client.get(f"/api?access_token={token}")
+    assert upstream[0].received[-1].path_qs == f"/api?access_token={token}"
+
+
 async def test_keys_unavailable_is_503_with_retry_after(
     make_proxy: ProxyFactory, keys: KeyRing, jwks: Jwks, upstream: Upstream
 ) -> None:
