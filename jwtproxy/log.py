@@ -22,8 +22,7 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": _time(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
@@ -34,9 +33,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, separators=(",", ":"))
 
 
+def _time(record: logging.LogRecord) -> str:
+    """UTC, RFC 3339 with milliseconds: `2026-01-31T12:00:00.123Z`."""
+    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z")
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        stamp = _time(record)
         extra = " ".join(f"{key}={value}" for key, value in _fields(record).items())
         line = f"{stamp} {record.levelname.lower():7} {record.name} {record.getMessage()}"
         line = f"{line} {extra}" if extra else line
@@ -65,11 +70,15 @@ class ParserErrorFilter(logging.Filter):
 
 
 def setup_logging(level: str, fmt: str) -> None:
+    """One handler on the root logger, so that every line the process writes — ours,
+    aiohttp's, asyncio's, Python warnings — comes out in the one format."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    root = logging.getLogger("jwtproxy")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
-    logging.getLogger("aiohttp").setLevel(logging.WARNING)
-    logging.getLogger("aiohttp.server").addFilter(ParserErrorFilter())
+    handler.addFilter(ParserErrorFilter())
+    logging.root.handlers[:] = [handler]
+    logging.root.setLevel(logging.WARNING)
+    ours = logging.getLogger("jwtproxy")
+    ours.handlers.clear()
+    ours.setLevel(level.upper())
+    ours.propagate = True
+    logging.captureWarnings(True)  # `warnings.warn` lines too (logger py.warnings)
