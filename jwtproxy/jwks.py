@@ -204,16 +204,24 @@ class KeyStore:
             if now >= self.fresh_until and self._refresh_due(now):
                 self._start_fetch()  # refresh in the background; serve these meanwhile
             return self.key_set
-        if self.clock() - self.last_attempt >= self.settings.refresh_min_interval:
+        if self.clock() - self.last_attempt >= self.min_interval:
             await self.refresh()
         if self.key_set is not None and self.clock() < self.usable_until:
             return self.key_set
         raise KeysUnavailable(f"keys of issuer {self.issuer.name} are unavailable")
 
+    @property
+    def min_interval(self) -> float:
+        """Seconds between two loads. A file read is cheap: a jwks_file is re-read each
+        `cache_ttl` even below `refresh_min_interval` (which guards remote issuers)."""
+        if self.issuer.jwks_file is not None:
+            return min(self.settings.refresh_min_interval, self.settings.cache_ttl)
+        return self.settings.refresh_min_interval
+
     def _refresh_due(self, now: float) -> bool:
         # a jwks_file is re-read too, so a rotated key file (a mounted Secret) is picked up
         return (self.issuer.secret is None and self._inflight is None
-                and now - self.last_attempt >= self.settings.refresh_min_interval)
+                and now - self.last_attempt >= self.min_interval)
 
     async def refresh_for_unknown_kid(self) -> KeySet:
         """One refresh on an unknown kid, at most once per `refresh_min_interval`."""

@@ -196,6 +196,32 @@ async def test_rotated_key_is_picked_up_on_unknown_kid(
     assert jwks[0].hits == hits
 
 
+async def test_a_jwks_file_honours_a_cache_ttl_below_refresh_min_interval(
+    keys: KeyRing, tmp_path: Any
+) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [keys.rsa.public_jwk()]}))
+    clock = Clock()
+    issuer = Issuer(name="file", issuer=ISSUER, jwks_file=str(path),
+                    jwks=JwksSettings(cache_ttl=5, refresh_min_interval=30))
+    store = KeyStore(issuer, None, clock=clock)
+    await store.start()
+    path.write_text(json.dumps({"keys": [keys.rsa.public_jwk(), keys.ec.public_jwk()]}))
+    clock.now += 6  # past cache_ttl, well within refresh_min_interval
+    await store.current()
+    assert store._inflight is not None
+    await store._inflight
+    assert len((await store.current()).keys) == 2
+    path.unlink()  # a failing read is retried once per cache_ttl, not on every request
+    clock.now += 6
+    await store.current()
+    assert store._inflight is not None
+    await store._inflight
+    await store.current()
+    assert store._inflight is None
+    assert "cannot read" in store.last_error
+
+
 async def test_a_jwks_file_is_reread_after_its_ttl(keys: KeyRing, tmp_path: Any) -> None:
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps({"keys": [keys.rsa.public_jwk()]}))
