@@ -18,6 +18,7 @@ from typing import Any, Final, cast
 
 import aiohttp
 from aiohttp import HttpVersion11, web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from .config import NO_UPSTREAM, Config
@@ -48,6 +49,7 @@ MAX_HEADER_FIELD: Final = 64 * 1024
 METRICS_FLUSH_INTERVAL: Final = 1.0  # seconds: how stale another worker's scrape may be
 MAX_HEADER_SECTION: Final = 96 * 1024
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+CLOSE_AFTER: Final = frozenset({408, 431, 499})  # the connection closes after the answer
 REQUEST_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 DESCRIPTION_UNSAFE: Final = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')  # RFC 6750 §3
 
@@ -80,7 +82,7 @@ def error_response(err: JwtProxyError) -> web.Response:
     if err.status == 404:
         body = {"error": "not_found"}
     response = web.json_response(body, status=err.status, headers=headers)
-    if err.status in (408, 431, 499):
+    if err.status in CLOSE_AFTER:
         response.force_close()  # what is left of the request is not worth reading
     return response
 
@@ -226,6 +228,8 @@ class ProxyApp:
                         request, decision.route.route, path_qs, fields, request_id, timing)
         except JwtProxyError as err:
             response = error_response(err)
+            if err.status in CLOSE_AFTER and isinstance(request.protocol, _JsonRefusals):
+                request.protocol.skip_lingering()
         status = response.status
         route_name = decision.route.route.name if decision and decision.route else NO_ROUTE
         elapsed = time.perf_counter() - started
@@ -344,17 +348,39 @@ class _JsonRefusals(RequestHandler):
     """Answers what aiohttp's HTTP parser refuses with the contract's JSON error body,
     never with aiohttp's text one, which quotes the offending line (it may hold a token)."""
 
+    def __init__(self, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.field_limit: int = kwargs["max_field_size"]
+
+    def skip_lingering(self) -> None:
+        """Close right after this response: aiohttp would first read (up to its 10 s
+        `lingering_time`) the rest of a body the client has stopped sending."""
+        self._lingering_time = 0.0
+
     def handle_error(
         self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
         super().handle_error(request, status, exc, message)  # logs; refuses if bytes went out
+        limit = _header_limit_error(exc, self.field_limit)
+        if limit is not None:
+            return error_response(limit)  # closes the connection (431)
         error = "invalid_request" if status < 500 else "server_error"
         response = web.json_response(
             {"error": error, "error_description": HTTPStatus(status).phrase.lower()},
             status=status)
         response.force_close()
         return response
+
+
+def _header_limit_error(exc: BaseException | None, field_limit: int) -> JwtProxyError | None:
+    """RFC 6585 §5: a header field over `max_field_size`, or more than aiohttp's 128
+    fields, is 431 like the whole-head limit (`header_section_limit`), not a 400."""
+    if isinstance(exc, LineTooLong) and len(exc.args) > 1 and exc.args[1] == field_limit:
+        return HeaderSectionTooLarge("a request header field is too large")
+    if type(exc) is BadHttpMessage and exc.message.startswith("Too many headers"):
+        return HeaderSectionTooLarge("too many request header fields")
+    return None
 
 
 class _ProxyRequestHandler(_JsonRefusals):
