@@ -107,6 +107,11 @@ class IssuerValidator(FieldChecker):
             self.problem(f"{path}.user_pool_id", f"not a user pool id: {pool!r}")
         if not region or not pool:
             return {}
+        if "_" in pool and pool.split("_", 1)[0] != region:
+            # a pool's id starts with its region: the keys would be looked for (and the
+            # issuer expected) in the wrong region, and every token refused
+            self.problem(f"{path}.user_pool_id", f"{pool!r} is a pool of region "
+                         f"{pool.split('_', 1)[0]!r}, not of {region!r}")
         base = COGNITO_HOST_TEMPLATE.format(region=region)
         if "endpoint" in raw:
             endpoint = self.url(f"{path}.endpoint", raw["endpoint"], insecure)

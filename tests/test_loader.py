@@ -460,6 +460,9 @@ def test_cognito_endpoint_changes_only_the_key_url() -> None:
     ("cognito: {region: US, user_pool_id: 'pool id'}\n",
      ["issuers.dev.cognito.region: not an AWS region: 'US'",
       "issuers.dev.cognito.user_pool_id: not a user pool id: 'pool id'"]),
+    ("cognito: {region: eu-west-1, user_pool_id: us-east-1_AbCdEf}\n",
+     ["issuers.dev.cognito.user_pool_id: 'us-east-1_AbCdEf' is a pool of region "
+      "'us-east-1', not of 'eu-west-1'"]),
     ("cognito: {region: us-east-1, user_pool_id: us-east-1_AbCdEf, pool: x}\n",
      ["issuers.dev.cognito.pool: unknown key"]),
     ("cognito: {region: us-east-1, user_pool_id: us-east-1_AbCdEf}\nissuer: x\n",
