@@ -1,4 +1,4 @@
-"""Command line: `run`, `check`, `demo`, `explain`. The only place that exits."""
+"""Command line: `run`, `check`, `demo`, `explain`, `token`. The only place that exits."""
 
 from __future__ import annotations
 
@@ -53,7 +53,53 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("path")
     explain.add_argument("token", nargs="?", default="",
                          help="the token, or - to read it from stdin; omit for none")
+    token = commands.add_parser(
+        "token", help="mint a test token for a jwks_file or secret issuer",
+        description="Print a signed token that ISSUER accepts (its iss, first audience, "
+                    "token_use, typ): for testing with keys you hold.")
+    token.add_argument("-c", "--config", required=True, dest="config")
+    token.add_argument("--issuer", help="the issuer's name in the config "
+                       "(default: the only jwks_file or secret issuer)")
+    token.add_argument("--key", help="private JWK or PEM file (jwks_file issuers)")
+    token.add_argument("--sub", default="test-user", help="subject (default test-user)")
+    token.add_argument("--scope", action="append", default=[],
+                       help="a scope to grant (repeatable)")
+    token.add_argument("--claim", action="append", default=[], metavar="NAME=VALUE",
+                       help="an extra claim; VALUE is JSON if it parses, else a string")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until exp (3600)")
     return parser
+
+
+def _token(config: Config, args: argparse.Namespace) -> int:
+    import json
+
+    from .errors import MintError
+    from .mint import mint_token
+
+    mintable = [name for name, issuer in config.issuers.items()
+                if issuer.secret is not None or issuer.jwks_file is not None]
+    name = args.issuer or (mintable[0] if len(mintable) == 1 else None)
+    if name is None or name not in config.issuers:
+        choices = ", ".join(mintable) or "none in this config"
+        print(f"jwtproxy token: choose --issuer ({choices})", file=sys.stderr)
+        return EXIT_USAGE
+    claims: dict[str, object] = {}
+    for item in args.claim:
+        claim, sep, raw = item.partition("=")
+        if not sep or not claim:
+            print(f"jwtproxy token: --claim {item!r}: expected NAME=VALUE", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            claims[claim] = json.loads(raw)
+        except ValueError:
+            claims[claim] = raw
+    try:
+        print(mint_token(config.issuers[name], args.key, subject=args.sub,
+                         scopes=tuple(args.scope), claims=claims, ttl=args.ttl))
+    except MintError as err:
+        print(f"jwtproxy token: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 def _load(path: str) -> Config | None:
@@ -82,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "check":
         print(f"{args.config}: ok ({len(config.issuers)} issuers, {len(config.routes)} routes)")
         return EXIT_OK
+    if command == "token":
+        return _token(config, args)
     if command == "explain":
         import asyncio
 

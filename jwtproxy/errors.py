@@ -139,3 +139,7 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class MintError(Exception):
+    """`jwtproxy token` cannot mint a token for that issuer with that key."""
