@@ -31,13 +31,13 @@ async def serve(config_path: Path, config: Config, watch: bool = False) -> None:
     proxy = ProxyApp(config, metrics)
     await proxy.start()
     reuse_port = config.server.workers > 1
-    # the drain is ours (`_drain`): aiohttp's own waits up to twice its shutdown_timeout
+    # the drains are ours (`_drain`): aiohttp's own waits up to twice its shutdown_timeout
     proxy_runner = web.ServerRunner(proxy_server(proxy, config), shutdown_timeout=CUT_GRACE)
     admin_runner = web.AppRunner(admin_app(proxy), access_log=None, shutdown_timeout=1.0)
     forward_auth = config.forward_auth
     forward_runner = None if forward_auth is None else web.ServerRunner(
         door_server(ForwardAuthDoor(proxy, forward_auth).handle, config),
-        shutdown_timeout=config.server.graceful_timeout)
+        shutdown_timeout=CUT_GRACE)
     await proxy_runner.setup()
     await admin_runner.setup()
     if forward_runner is not None:
@@ -109,7 +109,8 @@ async def serve(config_path: Path, config: Config, watch: bool = False) -> None:
             watcher.cancel()
         if not stop.is_set():
             drain_deadline = loop.time()  # an error exit, no signal: cut at once
-        await _drain(proxy_runner, drain_deadline)
+        await asyncio.gather(*(_drain(runner, drain_deadline)
+                               for runner in (proxy_runner, forward_runner) if runner))
         await proxy_runner.cleanup()
         if forward_runner is not None:
             await forward_runner.cleanup()
