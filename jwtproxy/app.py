@@ -49,6 +49,10 @@ MAX_HEADER_SECTION: Final = 96 * 1024
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 REQUEST_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 DESCRIPTION_UNSAFE: Final = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')  # RFC 6750 §3
+# W3C Trace Context §3.2: version-traceid-parentid-flags, lowercase hex; a later version
+# may append fields after a "-" (§4.3), version ff is invalid.
+TRACEPARENT: Final = re.compile(
+    r"(?!ff)([0-9a-f]{2})-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(-.*)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +263,11 @@ def _access_fields(
     }
     if timing.seconds is not None:
         fields["upstream_ms"] = round(timing.seconds * 1000, 3)
+    traceparent = request.headers.getall("traceparent", ())
+    if len(traceparent) == 1:
+        trace = TRACEPARENT.fullmatch(traceparent[0])
+        if trace is not None and (trace[1] != "00" or trace[3] is None):
+            fields["trace_id"] = trace[2]
     if decision is not None and decision.auth_reason is not None:
         fields["issuer"] = decision.issuer
         fields["auth"] = decision.auth_reason
