@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,6 +22,15 @@ from aiohttp import web
 
 from jwtproxy.config import Config
 from jwtproxy.loader import load_text
+from tests.catalog import (
+    CATALOG,
+    HISTOGRAMS,
+    SERIES,
+    TARGET_LABELS,
+    dashboard,
+    dashboard_queries,
+    panels,
+)
 from tests.conftest import Proxy, ProxyFactory
 from tests.servers import EchoUpstream
 from tests.tokens import KeyRing, mint
@@ -31,49 +39,10 @@ ROOT: Final = Path(__file__).resolve().parent.parent
 DOCKERFILE: Final = ROOT / "Dockerfile"
 DOCKERIGNORE: Final = ROOT / ".dockerignore"
 K8S: Final = ROOT / "deploy" / "kubernetes"
-DASHBOARD: Final = ROOT / "deploy" / "grafana" / "jwtproxy.json"
 
 CONFIG_DIR: Final = "/etc/jwtproxy"
 CONFIG_PATH: Final = f"{CONFIG_DIR}/config.yaml"
 APP_UPSTREAM: Final = "http://127.0.0.1:8000"
-
-# The metric catalog of the product contract: name -> label names.
-CATALOG: Final[dict[str, frozenset[str]]] = {
-    "jwtproxy_requests_total": frozenset({"route", "code"}),
-    "jwtproxy_request_duration_seconds": frozenset({"route"}),
-    "jwtproxy_upstream_duration_seconds": frozenset({"route"}),
-    "jwtproxy_auth_total": frozenset({"route", "issuer", "result", "reason"}),
-    "jwtproxy_jwks_refresh_total": frozenset({"issuer", "result"}),
-    "jwtproxy_jwks_keys": frozenset({"issuer"}),
-    "jwtproxy_jwks_last_success_timestamp_seconds": frozenset({"issuer"}),
-    "jwtproxy_token_cache_total": frozenset({"result"}),
-    "jwtproxy_config_reloads_total": frozenset({"result"}),
-    "jwtproxy_build_info": frozenset({"version"}),
-}
-HISTOGRAMS: Final = frozenset(
-    {"jwtproxy_request_duration_seconds", "jwtproxy_upstream_duration_seconds"}
-)
-# Labels Prometheus itself attaches to every scraped series.
-TARGET_LABELS: Final = frozenset({"job", "instance", "namespace", "pod", "container"})
-
-
-def _exposed_series() -> dict[str, str]:
-    """Every series name /metrics exposes -> its catalog metric.
-
-    A histogram is exposed only as `_bucket`, `_count` and `_sum`; counters are named with
-    their `_total` suffix in the catalog already, so `x_total_total` or a bare histogram
-    name is not a series.
-    """
-    series: dict[str, str] = {}
-    for name in CATALOG:
-        if name in HISTOGRAMS:
-            series.update({f"{name}{suffix}": name for suffix in ("_bucket", "_count", "_sum")})
-        else:
-            series[name] = name
-    return series
-
-
-SERIES: Final = _exposed_series()
 
 
 # --- helpers: manifests ---------------------------------------------------------------------
@@ -261,33 +230,6 @@ def test_config_uses_the_cognito_shorthand() -> None:
 # --- Grafana ----------------------------------------------------------------------------------
 
 
-def _dashboard() -> dict[str, Any]:
-    dashboard = json.loads(DASHBOARD.read_text())
-    assert isinstance(dashboard, dict)
-    return dashboard
-
-
-def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for panel in panels:
-        yield panel
-        yield from _panels(panel.get("panels", []))
-
-
-def _queries(dashboard: dict[str, Any]) -> list[str]:
-    """Every PromQL string: panel targets and templating variable queries."""
-    queries = [
-        target["expr"]
-        for panel in _panels(dashboard["panels"])
-        for target in panel.get("targets", [])
-    ]
-    for variable in dashboard["templating"]["list"]:
-        if variable["type"] != "query":
-            continue
-        query = variable["query"]
-        queries.append(query["query"] if isinstance(query, dict) else query)
-    return queries
-
-
 _METRIC = re.compile(r"\bjwtproxy_[a-z0-9_]+")
 _SELECTOR = re.compile(r"\b(jwtproxy_[a-z0-9_]+)\s*\{([^}]*)\}")
 _MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
@@ -296,19 +238,19 @@ _LABEL_VALUES = re.compile(r"label_values\(\s*(jwtproxy_[a-z0-9_]+)\s*,\s*([a-z_
 
 
 def test_dashboard_uses_only_catalog_metrics() -> None:
-    queries = _queries(_dashboard())
+    queries = dashboard_queries(dashboard())
     assert queries
     unknown = {name for q in queries for name in _METRIC.findall(q) if name not in SERIES}
     assert not unknown, f"not in the metric catalog: {sorted(unknown)}"
 
 
 def test_dashboard_covers_the_whole_catalog() -> None:
-    used = {SERIES[name] for q in _queries(_dashboard()) for name in _METRIC.findall(q)}
+    used = {SERIES[name] for q in dashboard_queries(dashboard()) for name in _METRIC.findall(q)}
     assert used == set(CATALOG), f"no panel for: {sorted(set(CATALOG) - used)}"
 
 
 def test_dashboard_uses_only_real_labels() -> None:
-    for query in _queries(_dashboard()):
+    for query in dashboard_queries(dashboard()):
         metrics = {SERIES[name] for name in _METRIC.findall(query)}
         allowed = set(TARGET_LABELS).union(*(CATALOG[m] for m in metrics))
         if any(m in HISTOGRAMS for m in metrics):
@@ -325,13 +267,13 @@ def test_dashboard_uses_only_real_labels() -> None:
 
 
 def test_dashboard_is_importable() -> None:
-    dashboard = _dashboard()
-    assert dashboard["uid"] and dashboard["title"]
-    panels = list(_panels(dashboard["panels"]))
-    ids = [p["id"] for p in panels]
+    board = dashboard()
+    assert board["uid"] and board["title"]
+    every = list(panels(board["panels"]))
+    ids = [p["id"] for p in every]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
-    variables = {v["name"] for v in dashboard["templating"]["list"]}
-    for panel in panels:
+    variables = {v["name"] for v in board["templating"]["list"]}
+    for panel in every:
         if panel["type"] == "row":
             continue
         assert panel["targets"], panel["title"]
