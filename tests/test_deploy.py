@@ -8,6 +8,7 @@ the ConfigMap is also checked with `jwtproxy check` and served by a real proxy.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -16,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 from aiohttp import web
@@ -225,6 +228,128 @@ def test_config_uses_the_cognito_shorthand() -> None:
     for route in config["routes"]:
         if isinstance(route["auth"], dict):
             assert set(route["auth"].get("issuers", [])) <= set(issuers), route["name"]
+
+
+# --- Kubernetes API schema (offline) ------------------------------------------------------------
+
+MONITORING: Final = K8S / "monitoring"
+CRDS: Final = ROOT / "tests" / "schemas" / "prometheus-operator"
+# The oldest and the newest API version kubernetes-validate ships schemas for.
+KUBE_VERSIONS: Final = (kubernetes_validate.utils.all_versions()[0],
+                        kubernetes_validate.latest_version())
+
+
+def _all_manifests() -> list[dict[str, Any]]:
+    """Every object under deploy/kubernetes, the monitoring overlay included."""
+    docs: list[dict[str, Any]] = []
+    for path in sorted([*K8S.glob("*.yaml"), *MONITORING.glob("*.yaml")]):
+        if path.name != "kustomization.yaml":
+            docs.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return docs
+
+
+def _builtin(doc: dict[str, Any]) -> bool:
+    return not doc["apiVersion"].startswith("monitoring.coreos.com/")
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_manifests_match_the_kubernetes_api_schema(version: str) -> None:
+    builtin = [doc for doc in _all_manifests() if _builtin(doc)]
+    assert {doc["kind"] for doc in builtin} == {"ConfigMap", "Deployment", "Service"}
+    for doc in builtin:
+        # strict: an unknown or misspelt field is an error, not silently dropped
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (lambda c: c.update(env="HOST=127.0.0.1"), "HOST=127.0.0.1"),
+        (lambda c: c["ports"][0].update(containerPort="8080"), "containerPort"),
+        (lambda c: c.update(readinesProbe=c["readinessProbe"]), "readinesProbe"),
+    ],
+)
+def test_the_schema_check_rejects_a_broken_deployment(change: Any, where: str) -> None:
+    # Guards the test above: a validator that accepted anything would make it meaningless.
+    deployment = copy.deepcopy(_one("Deployment"))
+    change(deployment["spec"]["template"]["spec"]["containers"][1])
+    with pytest.raises(kubernetes_validate.ValidationError, match=where):
+        kubernetes_validate.validate(deployment, KUBE_VERSIONS[-1], strict=True)
+
+
+def _strict(schema: Any) -> Any:
+    """A CRD's structural schema that refuses unknown fields where it lists the known ones
+    (the API server prunes them; `kubectl apply --validate=strict` refuses them)."""
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {key: _strict(value) for key, value in schema.items()}
+    if ("properties" in schema and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        strict["additionalProperties"] = False
+    return strict
+
+
+def _crd_validator(kind: str) -> jsonschema.Draft7Validator:
+    [crd] = [doc for path in CRDS.glob("*.yaml")
+             for doc in yaml.safe_load_all(path.read_text())
+             if doc and doc["spec"]["names"]["kind"] == kind]
+    [served] = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    schema = _strict(served["schema"]["openAPIV3Schema"])
+    return jsonschema.Draft7Validator(schema)
+
+
+def _monitoring(kind: str) -> dict[str, Any]:
+    """The one object of `kind` in the monitoring overlay."""
+    found = [doc for path in sorted(MONITORING.glob("*.yaml")) if path.name != "kustomization.yaml"
+             for doc in yaml.safe_load_all(path.read_text()) if doc and doc["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind} in {MONITORING}, found {len(found)}"
+    return found[0]
+
+
+@pytest.mark.parametrize("kind", ["ServiceMonitor", "PrometheusRule"])
+def test_operator_objects_match_the_prometheus_operator_crds(kind: str) -> None:
+    doc = _monitoring(kind)
+    assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+    errors = [f"{'.'.join(map(str, e.path))}: {e.message}"
+              for e in _crd_validator(kind).iter_errors(doc)]
+    assert not errors, errors
+
+
+@pytest.mark.parametrize(
+    ("kind", "change"),
+    [
+        ("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].update(prot="admin")),
+        ("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].update(scheme="gopher")),
+        ("PrometheusRule", lambda d: d["spec"]["groups"][1]["rules"][0].update(fr="10m")),
+        ("PrometheusRule", lambda d: d["spec"]["groups"][0].pop("name")),
+    ],
+)
+def test_the_crd_check_rejects_broken_operator_objects(kind: str, change: Any) -> None:
+    doc = copy.deepcopy(_monitoring(kind))
+    change(doc)
+    assert list(_crd_validator(kind).iter_errors(doc))
+
+
+def test_monitoring_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((MONITORING / "kustomization.yaml").read_text())
+    on_disk = {p.name for p in MONITORING.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == on_disk
+
+
+def test_servicemonitor_scrapes_the_admin_port_of_the_proxy_pods() -> None:
+    monitor, service = _monitoring("ServiceMonitor"), _monitoring("Service")
+    selects = monitor["spec"]["selector"]["matchLabels"].items()
+    assert selects <= service["metadata"]["labels"].items()
+    assert not selects <= _one("Service")["metadata"]["labels"].items(), "not the clients' Service"
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    [port] = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+    assert _resolve_port(_proxy_container(), port["targetPort"]) == _loaded().admin.listen.port
+    assert service["spec"]["clusterIP"] == "None", "discovery only: no virtual IP for admin"
+    pod_labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
 
 
 # --- Grafana ----------------------------------------------------------------------------------
