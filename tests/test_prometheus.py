@@ -1,7 +1,8 @@
 """A real Prometheus (Debian's `prometheus`, on loopback, scraping every second) scrapes a real
 jwtproxy with `workers: 2` while a scripted mix of requests runs. Then, through Prometheus's
 HTTP API: every series of the metric catalog is there with exactly its labels, the counts
-are the requests sent, and every query of the Grafana dashboard returns data."""
+are the requests sent, every query of the Grafana dashboard returns data, and the rules of
+deploy/prometheus evaluate on the real series."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import yaml
 from aiohttp import web
 
 from jwtproxy import __version__
-from tests.catalog import SERIES, dashboard, dashboard_queries, series_labels
+from tests.catalog import ROOT, SERIES, dashboard, dashboard_queries, series_labels
 from tests.debian import ensure_binary
 from tests.proc import ProxyProcess, free_port, proxy_process
 from tests.threaded import serve_in_thread
@@ -37,6 +38,7 @@ WORKERS: Final = 2
 DEADLINE: Final = 60.0  # seconds to wait for Prometheus to have scraped what was sent
 RATE_INTERVAL: Final = "1m"  # stands in for Grafana's $__rate_interval
 JOB: Final = "jwtproxy"
+RULES: Final = ROOT / "deploy" / "prometheus" / "jwtproxy-rules.yaml"
 
 # The scripted mix: (path, token kind, status), each sent `count` times.
 MIX: Final = [
@@ -159,6 +161,7 @@ def prometheus(binary: str, target: str, tmp: Path) -> Iterator[PrometheusServer
     config = tmp / "prometheus.yml"
     config.write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
         "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target]}]}],
     }))
     log = (tmp / "prometheus.log").open("wb")
@@ -325,3 +328,27 @@ def test_every_dashboard_query_returns_data(scenario: Scenario, query: str) -> N
                for label in labels.split(",")} - {"le", ""}
     for sample in result:
         assert grouped <= set(sample["metric"]), (expr, sample)
+
+
+# --- the rules of deploy/prometheus against the real series ---------------------------------------
+
+
+def test_rules_evaluate_on_the_real_series(scenario: Scenario) -> None:
+    prom = scenario.prometheus
+    groups = {g["name"]: g for g in prom.api("rules")["groups"]}
+    rules = [rule for group in groups.values() for rule in group["rules"]]
+    expected = {rule.get("record") or rule.get("alert")
+                for group in yaml.safe_load(RULES.read_text())["groups"]
+                for rule in group["rules"]}
+    assert {rule["name"] for rule in rules} == expected
+    deadline = time.monotonic() + DEADLINE
+    while any(rule["health"] == "unknown" for rule in rules):  # not evaluated yet
+        assert time.monotonic() < deadline, rules
+        time.sleep(0.2)  # polling interval; rules are evaluated every second
+        rules = [rule for group in prom.api("rules")["groups"] for rule in group["rules"]]
+    assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
+    for rule in rules:
+        if rule["type"] == "recording":
+            while not prom.query(rule["name"]):  # the next evaluation writes it
+                assert time.monotonic() < deadline, f"no data: {rule['name']} = {rule['query']}"
+                time.sleep(0.2)  # polling interval
