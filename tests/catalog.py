@@ -12,7 +12,7 @@ from typing import Any, Final
 ROOT: Final = Path(__file__).resolve().parent.parent
 DASHBOARD: Final = ROOT / "deploy" / "grafana" / "jwtproxy.json"
 
-# name -> label names
+# name -> label names: DESIGN's catalog and what docs/operations.md adds to it
 CATALOG: Final[dict[str, frozenset[str]]] = {
     "jwtproxy_requests_total": frozenset({"route", "code"}),
     "jwtproxy_request_duration_seconds": frozenset({"route"}),
@@ -21,6 +21,7 @@ CATALOG: Final[dict[str, frozenset[str]]] = {
     "jwtproxy_jwks_refresh_total": frozenset({"issuer", "result"}),
     "jwtproxy_jwks_keys": frozenset({"issuer"}),
     "jwtproxy_jwks_last_success_timestamp_seconds": frozenset({"issuer"}),
+    "jwtproxy_upstream_connections_closed_total": frozenset({"reason"}),
     "jwtproxy_token_cache_total": frozenset({"result"}),
     "jwtproxy_config_reloads_total": frozenset({"result"}),
     "jwtproxy_build_info": frozenset({"version"}),

@@ -97,6 +97,7 @@ def test_the_alerts_cover_what_operators_page_on() -> None:
     assert {"jwtproxy_jwks_keys", "jwtproxy_auth_total"} <= metrics("JwtproxyNoKeysForIssuer")
     assert "jwtproxy_jwks_refresh_total" in metrics("JwtproxyJwksRefreshFailing")
     assert "jwtproxy_requests_total" in metrics("JwtproxyUpstreamErrors")
+    assert "jwtproxy_upstream_connections_closed_total" in metrics("JwtproxyUpstreamMisbehaving")
     assert "jwtproxy_auth_total" in metrics("JwtproxyHighDenialRate")
 
 

@@ -271,6 +271,9 @@ def test_request_counts_are_the_requests_sent(scenario: Scenario) -> None:
     # the upstream histogram times the upstream's answer: 502 and 504 never got one
     assert prom.by("sum by (route) (jwtproxy_upstream_duration_seconds_count)", "route") == \
         _expected(lambda path, _, status: (_route(path),) if status < 400 else None)
+    # the one request that timed out left its upstream connection unusable: closed
+    assert prom.by("sum by (reason) (jwtproxy_upstream_connections_closed_total) > 0", "reason") \
+        == _expected(lambda _, __, status: ("aborted",) if status == 504 else None)
     buckets = prom.by('sum by (route) (jwtproxy_request_duration_seconds_bucket{le="+Inf"})',
                       "route")
     assert buckets == prom.by("sum by (route) (jwtproxy_request_duration_seconds_count)", "route")
