@@ -19,6 +19,7 @@ from typing import Any, Final, cast
 import aiohttp
 from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDictProxy
 
 from .config import NO_UPSTREAM, Config
 from .errors import (
@@ -253,6 +254,17 @@ def peer_address(request: web.BaseRequest) -> str | None:
     return str(peer[0]) if peer else None
 
 
+def trace_id(headers: CIMultiDictProxy[str]) -> str | None:
+    """The trace id of a request's one valid W3C `traceparent`, for its access-log line."""
+    values = headers.getall("traceparent", ())
+    if len(values) != 1:
+        return None
+    trace = TRACEPARENT.fullmatch(values[0])
+    if trace is None or (trace[1] == "00" and trace[3] is not None):
+        return None
+    return trace[2]
+
+
 def _access_fields(
     request: web.BaseRequest, route: str, status: int, elapsed: float,
     timing: UpstreamTiming, decision: Decision | None, request_id: str,
@@ -263,11 +275,9 @@ def _access_fields(
     }
     if timing.seconds is not None:
         fields["upstream_ms"] = round(timing.seconds * 1000, 3)
-    traceparent = request.headers.getall("traceparent", ())
-    if len(traceparent) == 1:
-        trace = TRACEPARENT.fullmatch(traceparent[0])
-        if trace is not None and (trace[1] != "00" or trace[3] is None):
-            fields["trace_id"] = trace[2]
+    trace = trace_id(request.headers)
+    if trace is not None:
+        fields["trace_id"] = trace
     if decision is not None and decision.auth_reason is not None:
         fields["issuer"] = decision.issuer
         fields["auth"] = decision.auth_reason

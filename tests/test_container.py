@@ -17,10 +17,9 @@ import pytest
 import yaml
 
 from jwtproxy import supervisor
-from jwtproxy.config import Listen
+from jwtproxy.config import MULTIPROC_ENV, Listen
 from jwtproxy.healthcheck import healthz_url
 from jwtproxy.healthcheck import main as healthcheck
-from jwtproxy.config import MULTIPROC_ENV
 from tests.proc import free_port, proxy_process
 
 ROOT: Final = Path(__file__).resolve().parent.parent
