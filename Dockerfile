@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # jwtproxy container image.
 #
 #   docker build -t jwtproxy .
@@ -15,7 +13,10 @@
 # (PYTHONDONTWRITEBYTECODE; bytecode is compiled at install). With `server.workers` > 1 the
 # workers keep their metrics (prometheus-client multiprocess mode) in PROMETHEUS_MULTIPROC_DIR
 # if set, else in a private directory under /tmp: mount a writable tmpfs at /tmp
-# (`docker run --read-only --tmpfs /tmp`; an emptyDir in Kubernetes).
+# (`docker run --read-only --tmpfs /tmp`; an emptyDir in Kubernetes). Without one it exits
+# at start with a message that says so.
+#
+# Built and run for real by deploy/container-test.sh (podman; see docs/operations.md).
 #
 # The proxy runs as PID 1 and handles SIGTERM (drain for `server.graceful_timeout`) and SIGHUP
 # (reload) itself, so no init shim is needed.
@@ -29,8 +30,10 @@ WORKDIR /src
 # pip compiles the installed modules to bytecode, so nothing is compiled (written) at run time.
 COPY pyproject.toml README.md ./
 COPY jwtproxy/ ./jwtproxy/
+# pip and setuptools are needed only here: removed from the venv before it is copied.
 RUN python -m venv /opt/jwtproxy \
-    && /opt/jwtproxy/bin/pip install --no-cache-dir ".[fast]"
+    && /opt/jwtproxy/bin/pip install --no-cache-dir ".[fast]" \
+    && /opt/jwtproxy/bin/python -m pip uninstall --yes pip setuptools
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="jwtproxy" \
@@ -50,8 +53,10 @@ USER 10001:10001
 WORKDIR /etc/jwtproxy
 # 8080: proxy (server.listen); 9090: admin — /metrics, /healthz, /readyz (admin.listen).
 EXPOSE 8080 9090
+# /healthz on the admin address the config names (admin.listen), not a fixed port. The OCI
+# image format has no HEALTHCHECK: podman/buildah keep it only with `--format docker`.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9090/healthz', timeout=2).status == 200 else 1)"]
+    CMD ["python", "-m", "jwtproxy.healthcheck", "/etc/jwtproxy/config.yaml"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["jwtproxy"]
 CMD ["run", "-c", "/etc/jwtproxy/config.yaml"]

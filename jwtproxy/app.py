@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDictProxy
 
 from .config import NO_UPSTREAM, Config
 from .errors import (
@@ -52,6 +53,10 @@ CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 CLOSE_AFTER: Final = frozenset({408, 431, 499})  # the connection closes after the answer
 REQUEST_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 DESCRIPTION_UNSAFE: Final = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')  # RFC 6750 §3
+# W3C Trace Context §3.2: version-traceid-parentid-flags, lowercase hex; a later version
+# may append fields after a "-" (§4.3), version ff is invalid.
+TRACEPARENT: Final = re.compile(
+    r"(?!ff)([0-9a-f]{2})-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(-.*)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +280,17 @@ def peer_address(request: web.BaseRequest) -> str | None:
     return str(peer[0]) if peer else None
 
 
+def trace_id(headers: CIMultiDictProxy[str]) -> str | None:
+    """The trace id of a request's one valid W3C `traceparent`, for its access-log line."""
+    values = headers.getall("traceparent", ())
+    if len(values) != 1:
+        return None
+    trace = TRACEPARENT.fullmatch(values[0])
+    if trace is None or (trace[1] == "00" and trace[3] is not None):
+        return None
+    return trace[2]
+
+
 def _access_fields(
     request: web.BaseRequest, route: str, status: int, elapsed: float,
     timing: UpstreamTiming, decision: Decision | None, request_id: str,
@@ -285,6 +301,9 @@ def _access_fields(
     }
     if timing.seconds is not None:
         fields["upstream_ms"] = round(timing.seconds * 1000, 3)
+    trace = trace_id(request.headers)
+    if trace is not None:
+        fields["trace_id"] = trace
     if decision is not None and decision.auth_reason is not None:
         fields["issuer"] = decision.issuer
         fields["auth"] = decision.auth_reason

@@ -154,16 +154,16 @@ def _run(path: Path, config: Config, watch: bool, worker: bool) -> int:
     from .log import setup_logging
 
     setup_logging(config.log.level, config.log.format)
-    if config.server.workers > 1 and not worker:
-        from .supervisor import supervise
-
-        return supervise(path, config.server.workers, config.server.graceful_timeout, watch)
-    import asyncio  # not before: the supervisor stays small without it (~6 MB)
-
-    from .serve import serve
-
-    _install_uvloop()
     try:
+        if config.server.workers > 1 and not worker:
+            from .supervisor import supervise
+
+            return supervise(path, config.server.workers, config.server.graceful_timeout, watch)
+        import asyncio  # not before: the supervisor stays small without it (~6 MB)
+
+        from .serve import serve
+
+        _install_uvloop()
         asyncio.run(serve(path, config, watch))
     except OSError as err:
         import logging

@@ -20,7 +20,7 @@ from typing import Any, Final, Literal
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from .app import ProxyApp, error_response, peer_address
+from .app import ProxyApp, error_response, peer_address, trace_id
 from .config import Config, ForwardAuth, Route
 from .errors import HeaderSectionTooLarge, InvalidRequest, JwtProxyError, NotFound
 from .gate import Decision, RequestView
@@ -219,6 +219,9 @@ def _access_fields(
                       path=original.target.partition("?")[0])
     else:
         fields.update(method=request.method, path=request.path)
+    trace = trace_id(request.headers)  # gateways pass the original request's headers on
+    if trace is not None:
+        fields["trace_id"] = trace
     if decision is not None and decision.auth_reason is not None:
         fields["issuer"] = decision.issuer
         fields["auth"] = decision.auth_reason

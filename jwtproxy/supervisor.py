@@ -31,8 +31,9 @@ PR_SET_PDEATHSIG: Final = 1
 
 
 def supervise(config_path: Path, workers: int, graceful_timeout: float, watch: bool) -> int:
-    metrics_dir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="jwtproxy-metrics-")
-    own_dir = MULTIPROC_ENV not in os.environ
+    """Run `workers` workers until a stop signal; raises `MetricsDirError` before starting
+    any if there is nowhere to keep their metrics."""
+    metrics_dir, own_dir = _metrics_dir()
     env = {**os.environ, MULTIPROC_ENV: metrics_dir}
     command = [sys.executable, "-m", "jwtproxy", "run", "-c", str(config_path), "--worker"]
     if watch:
@@ -87,6 +88,28 @@ def supervise(config_path: Path, workers: int, graceful_timeout: float, watch: b
                 child.kill()
         if own_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+class MetricsDirError(OSError):
+    """No writable directory for the workers' metrics files."""
+
+
+def _metrics_dir() -> tuple[str, bool]:
+    """The workers' shared metrics directory, and whether the supervisor created it."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        if not os.path.isdir(given) or not os.access(given, os.W_OK | os.X_OK):
+            raise MetricsDirError(
+                f"{MULTIPROC_ENV}={given} is not a writable directory (server.workers > 1 "
+                "keeps the workers' metrics there)")
+        return given, False
+    try:
+        return tempfile.mkdtemp(prefix="jwtproxy-metrics-"), True
+    except OSError as err:
+        raise MetricsDirError(
+            "server.workers > 1 needs a writable directory for the workers' metrics and "
+            f"found none ({err}): mount a tmpfs at /tmp (docker run --tmpfs /tmp; an "
+            f"emptyDir in Kubernetes), or set TMPDIR or {MULTIPROC_ENV}") from err
 
 
 def _die_with_parent() -> None:

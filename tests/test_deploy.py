@@ -8,21 +8,32 @@ the ConfigMap is also checked with `jwtproxy check` and served by a real proxy.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 from aiohttp import web
 
 from jwtproxy.config import Config
 from jwtproxy.loader import load_text
+from tests.catalog import (
+    CATALOG,
+    HISTOGRAMS,
+    SERIES,
+    TARGET_LABELS,
+    dashboard,
+    dashboard_queries,
+    panels,
+)
 from tests.conftest import Proxy, ProxyFactory
 from tests.servers import EchoUpstream
 from tests.tokens import KeyRing, mint
@@ -31,49 +42,10 @@ ROOT: Final = Path(__file__).resolve().parent.parent
 DOCKERFILE: Final = ROOT / "Dockerfile"
 DOCKERIGNORE: Final = ROOT / ".dockerignore"
 K8S: Final = ROOT / "deploy" / "kubernetes"
-DASHBOARD: Final = ROOT / "deploy" / "grafana" / "jwtproxy.json"
 
 CONFIG_DIR: Final = "/etc/jwtproxy"
 CONFIG_PATH: Final = f"{CONFIG_DIR}/config.yaml"
 APP_UPSTREAM: Final = "http://127.0.0.1:8000"
-
-# The metric catalog of the product contract: name -> label names.
-CATALOG: Final[dict[str, frozenset[str]]] = {
-    "jwtproxy_requests_total": frozenset({"route", "code"}),
-    "jwtproxy_request_duration_seconds": frozenset({"route"}),
-    "jwtproxy_upstream_duration_seconds": frozenset({"route"}),
-    "jwtproxy_auth_total": frozenset({"route", "issuer", "result", "reason"}),
-    "jwtproxy_jwks_refresh_total": frozenset({"issuer", "result"}),
-    "jwtproxy_jwks_keys": frozenset({"issuer"}),
-    "jwtproxy_jwks_last_success_timestamp_seconds": frozenset({"issuer"}),
-    "jwtproxy_token_cache_total": frozenset({"result"}),
-    "jwtproxy_config_reloads_total": frozenset({"result"}),
-    "jwtproxy_build_info": frozenset({"version"}),
-}
-HISTOGRAMS: Final = frozenset(
-    {"jwtproxy_request_duration_seconds", "jwtproxy_upstream_duration_seconds"}
-)
-# Labels Prometheus itself attaches to every scraped series.
-TARGET_LABELS: Final = frozenset({"job", "instance", "namespace", "pod", "container"})
-
-
-def _exposed_series() -> dict[str, str]:
-    """Every series name /metrics exposes -> its catalog metric.
-
-    A histogram is exposed only as `_bucket`, `_count` and `_sum`; counters are named with
-    their `_total` suffix in the catalog already, so `x_total_total` or a bare histogram
-    name is not a series.
-    """
-    series: dict[str, str] = {}
-    for name in CATALOG:
-        if name in HISTOGRAMS:
-            series.update({f"{name}{suffix}": name for suffix in ("_bucket", "_count", "_sum")})
-        else:
-            series[name] = name
-    return series
-
-
-SERIES: Final = _exposed_series()
 
 
 # --- helpers: manifests ---------------------------------------------------------------------
@@ -258,34 +230,129 @@ def test_config_uses_the_cognito_shorthand() -> None:
             assert set(route["auth"].get("issuers", [])) <= set(issuers), route["name"]
 
 
+# --- Kubernetes API schema (offline) ------------------------------------------------------------
+
+MONITORING: Final = K8S / "monitoring"
+CRDS: Final = ROOT / "tests" / "schemas" / "prometheus-operator"
+# The oldest and the newest API version kubernetes-validate ships schemas for.
+KUBE_VERSIONS: Final = (kubernetes_validate.utils.all_versions()[0],
+                        kubernetes_validate.latest_version())
+
+
+def _all_manifests() -> list[dict[str, Any]]:
+    """Every object under deploy/kubernetes, the monitoring overlay included."""
+    docs: list[dict[str, Any]] = []
+    for path in sorted([*K8S.glob("*.yaml"), *MONITORING.glob("*.yaml")]):
+        if path.name != "kustomization.yaml":
+            docs.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return docs
+
+
+def _builtin(doc: dict[str, Any]) -> bool:
+    return not doc["apiVersion"].startswith("monitoring.coreos.com/")
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_manifests_match_the_kubernetes_api_schema(version: str) -> None:
+    builtin = [doc for doc in _all_manifests() if _builtin(doc)]
+    assert {doc["kind"] for doc in builtin} == {"ConfigMap", "Deployment", "Service"}
+    for doc in builtin:
+        # strict: an unknown or misspelt field is an error, not silently dropped
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (lambda c: c.update(env="HOST=127.0.0.1"), "HOST=127.0.0.1"),
+        (lambda c: c["ports"][0].update(containerPort="8080"), "containerPort"),
+        (lambda c: c.update(readinesProbe=c["readinessProbe"]), "readinesProbe"),
+    ],
+)
+def test_the_schema_check_rejects_a_broken_deployment(change: Any, where: str) -> None:
+    # Guards the test above: a validator that accepted anything would make it meaningless.
+    deployment = copy.deepcopy(_one("Deployment"))
+    change(deployment["spec"]["template"]["spec"]["containers"][1])
+    with pytest.raises(kubernetes_validate.ValidationError, match=where):
+        kubernetes_validate.validate(deployment, KUBE_VERSIONS[-1], strict=True)
+
+
+def _strict(schema: Any) -> Any:
+    """A CRD's structural schema that refuses unknown fields where it lists the known ones
+    (the API server prunes them; `kubectl apply --validate=strict` refuses them)."""
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {key: _strict(value) for key, value in schema.items()}
+    if ("properties" in schema and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        strict["additionalProperties"] = False
+    return strict
+
+
+def _crd_validator(kind: str) -> jsonschema.Draft7Validator:
+    [crd] = [doc for path in CRDS.glob("*.yaml")
+             for doc in yaml.safe_load_all(path.read_text())
+             if doc and doc["spec"]["names"]["kind"] == kind]
+    [served] = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    schema = _strict(served["schema"]["openAPIV3Schema"])
+    return jsonschema.Draft7Validator(schema)
+
+
+def _monitoring(kind: str) -> dict[str, Any]:
+    """The one object of `kind` in the monitoring overlay."""
+    found = [doc for path in sorted(MONITORING.glob("*.yaml")) if path.name != "kustomization.yaml"
+             for doc in yaml.safe_load_all(path.read_text()) if doc and doc["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind} in {MONITORING}, found {len(found)}"
+    return found[0]
+
+
+@pytest.mark.parametrize("kind", ["ServiceMonitor", "PrometheusRule"])
+def test_operator_objects_match_the_prometheus_operator_crds(kind: str) -> None:
+    doc = _monitoring(kind)
+    assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+    errors = [f"{'.'.join(map(str, e.path))}: {e.message}"
+              for e in _crd_validator(kind).iter_errors(doc)]
+    assert not errors, errors
+
+
+@pytest.mark.parametrize(
+    ("kind", "change"),
+    [
+        ("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].update(prot="admin")),
+        ("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].update(scheme="gopher")),
+        ("PrometheusRule", lambda d: d["spec"]["groups"][1]["rules"][0].update(fr="10m")),
+        ("PrometheusRule", lambda d: d["spec"]["groups"][0].pop("name")),
+    ],
+)
+def test_the_crd_check_rejects_broken_operator_objects(kind: str, change: Any) -> None:
+    doc = copy.deepcopy(_monitoring(kind))
+    change(doc)
+    assert list(_crd_validator(kind).iter_errors(doc))
+
+
+def test_monitoring_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((MONITORING / "kustomization.yaml").read_text())
+    on_disk = {p.name for p in MONITORING.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == on_disk
+
+
+def test_servicemonitor_scrapes_the_admin_port_of_the_proxy_pods() -> None:
+    monitor, service = _monitoring("ServiceMonitor"), _monitoring("Service")
+    selects = monitor["spec"]["selector"]["matchLabels"].items()
+    assert selects <= service["metadata"]["labels"].items()
+    assert not selects <= _one("Service")["metadata"]["labels"].items(), "not the clients' Service"
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    [port] = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+    assert _resolve_port(_proxy_container(), port["targetPort"]) == _loaded().admin.listen.port
+    assert service["spec"]["clusterIP"] == "None", "discovery only: no virtual IP for admin"
+    pod_labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
 # --- Grafana ----------------------------------------------------------------------------------
-
-
-def _dashboard() -> dict[str, Any]:
-    dashboard = json.loads(DASHBOARD.read_text())
-    assert isinstance(dashboard, dict)
-    return dashboard
-
-
-def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for panel in panels:
-        yield panel
-        yield from _panels(panel.get("panels", []))
-
-
-def _queries(dashboard: dict[str, Any]) -> list[str]:
-    """Every PromQL string: panel targets and templating variable queries."""
-    queries = [
-        target["expr"]
-        for panel in _panels(dashboard["panels"])
-        for target in panel.get("targets", [])
-    ]
-    for variable in dashboard["templating"]["list"]:
-        if variable["type"] != "query":
-            continue
-        query = variable["query"]
-        queries.append(query["query"] if isinstance(query, dict) else query)
-    return queries
 
 
 _METRIC = re.compile(r"\bjwtproxy_[a-z0-9_]+")
@@ -296,19 +363,19 @@ _LABEL_VALUES = re.compile(r"label_values\(\s*(jwtproxy_[a-z0-9_]+)\s*,\s*([a-z_
 
 
 def test_dashboard_uses_only_catalog_metrics() -> None:
-    queries = _queries(_dashboard())
+    queries = dashboard_queries(dashboard())
     assert queries
     unknown = {name for q in queries for name in _METRIC.findall(q) if name not in SERIES}
     assert not unknown, f"not in the metric catalog: {sorted(unknown)}"
 
 
 def test_dashboard_covers_the_whole_catalog() -> None:
-    used = {SERIES[name] for q in _queries(_dashboard()) for name in _METRIC.findall(q)}
+    used = {SERIES[name] for q in dashboard_queries(dashboard()) for name in _METRIC.findall(q)}
     assert used == set(CATALOG), f"no panel for: {sorted(set(CATALOG) - used)}"
 
 
 def test_dashboard_uses_only_real_labels() -> None:
-    for query in _queries(_dashboard()):
+    for query in dashboard_queries(dashboard()):
         metrics = {SERIES[name] for name in _METRIC.findall(query)}
         allowed = set(TARGET_LABELS).union(*(CATALOG[m] for m in metrics))
         if any(m in HISTOGRAMS for m in metrics):
@@ -325,13 +392,13 @@ def test_dashboard_uses_only_real_labels() -> None:
 
 
 def test_dashboard_is_importable() -> None:
-    dashboard = _dashboard()
-    assert dashboard["uid"] and dashboard["title"]
-    panels = list(_panels(dashboard["panels"]))
-    ids = [p["id"] for p in panels]
+    board = dashboard()
+    assert board["uid"] and board["title"]
+    every = list(panels(board["panels"]))
+    ids = [p["id"] for p in every]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
-    variables = {v["name"] for v in dashboard["templating"]["list"]}
-    for panel in panels:
+    variables = {v["name"] for v in board["templating"]["list"]}
+    for panel in every:
         if panel["type"] == "row":
             continue
         assert panel["targets"], panel["title"]
@@ -399,11 +466,26 @@ def test_dockerfile_exposes_proxy_and_admin_ports() -> None:
     assert exposed == _container_ports(_proxy_container())
 
 
-def test_dockerfile_healthcheck_hits_healthz() -> None:
+def test_dockerfile_healthcheck_follows_the_configured_admin_address() -> None:
     checks = [args for keyword, args in _final_stage() if keyword == "HEALTHCHECK"]
     assert len(checks) == 1
-    assert "http://127.0.0.1:9090/healthz" in checks[0]
-    assert "curl" not in checks[0] and "wget" not in checks[0], "slim images have neither"
+    # tests/test_container.py runs the module; here: exec form, the config the image reads,
+    # and no port written into the image (admin.listen is the config's to choose).
+    command = json.loads(checks[0].partition("CMD")[2])
+    assert command == ["python", "-m", "jwtproxy.healthcheck", CONFIG_PATH]
+
+
+def test_dockerfile_builds_offline_without_a_frontend_image() -> None:
+    # A `# syntax=` directive makes BuildKit pull a frontend image before building.
+    first = DOCKERFILE.read_text().splitlines()[0]
+    assert not re.match(r"#\s*syntax\s*=", first, re.IGNORECASE), first
+
+
+def test_dockerfile_leaves_pip_and_setuptools_in_the_build_stage() -> None:
+    build = " ".join(args for keyword, args in _dockerfile_instructions()[: -len(_final_stage())]
+                     if keyword == "RUN")
+    assert re.search(r"pip uninstall --yes pip setuptools", build), build
+    assert not [args for keyword, args in _final_stage() if keyword == "RUN" and "pip" in args]
 
 
 def test_dockerfile_runs_as_non_root() -> None:

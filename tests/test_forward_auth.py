@@ -357,6 +357,18 @@ async def test_one_access_line_per_decision(
     assert fields["source"] == "x-forwarded" and fields["path"] == "/orders/1"
     assert fields["status"] == 200 and fields["auth"] == "ok" and fields["jti"] == "j-1"
     assert token not in caplog.text
+    assert "trace_id" not in fields
+
+
+async def test_access_line_carries_the_trace_id_the_gateway_passed_on(
+    door: Door, caplog: pytest.LogCaptureFixture,
+) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with caplog.at_level(logging.INFO, logger="jwtproxy.access"):
+        await door.client.get("/", headers={**traefik("GET", "/reads/1"),
+                                            "traceparent": f"00-{trace}-00f067aa0ba902b7-01"})
+    (line,) = [r for r in caplog.records if r.name == "jwtproxy.access"]
+    assert vars(line)["trace_id"] == trace
 
 
 # -- the proxy door and upstream-less routes ---------------------------------------------

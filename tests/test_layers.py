@@ -23,7 +23,7 @@ LAYERS: Final = {
     "verifier": 3, "mint": 3,  # mint: the verifier's inverse, for `jwtproxy token`
     "gate": 4, "forwarder": 4,
     "app": 5, "forward_auth": 5, "explain": 5, "explain_text": 5, "serve": 5,
-    "cli": 6, "demo": 6, "supervisor": 6, "__main__": 6,
+    "cli": 6, "demo": 6, "supervisor": 6, "healthcheck": 6, "__main__": 6,
 }
 
 # Imports within one layer: each one deliberate, listed here.
