@@ -57,6 +57,8 @@ AuthMode = Literal["required", "optional", "report_only"]
 TokenUse = Literal["id", "access"]
 TokenSourceKind = Literal["header", "cookie", "query"]
 ForwardConvention = Literal["auto", "x-forwarded", "x-original", "request"]
+LambdaResponse = Literal["policy", "simple"]
+PolicyScope = Literal["request", "routes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +185,14 @@ class ForwardAuth:
 
 
 @dataclass(frozen=True, slots=True)
+class AwsLambda:
+    """The Lambda authorizer door: what it answers with, and what its policy covers."""
+
+    response: LambdaResponse = "policy"  # simple: HTTP API 2.0 enableSimpleResponses
+    policy_scope: PolicyScope = "request"  # routes: every route's patterns (authorizer cache)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     issuers: dict[str, Issuer]
     routes: tuple[Route, ...]
@@ -191,6 +201,7 @@ class Config:
     admin: Admin = Admin()
     log: Log = Log()
     forward_auth: ForwardAuth | None = None
+    aws_lambda: AwsLambda = AwsLambda()
 
     def claim_header_names(self) -> frozenset[str]:
         """Every header name any route fills from claims: stripped from every request."""

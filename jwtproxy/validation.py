@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
+from . import arn_patterns
 from .config import (
     HOP_BY_HOP,
     PROXY_SET_HEADERS,
     Admin,
     Auth,
+    AwsLambda,
     Config,
     Forward,
     ForwardAuth,
@@ -51,7 +53,7 @@ class Validator(IssuerValidator):
 
     def config(self, data: Any) -> Config | None:
         top = self.mapping("", data, {"server", "admin", "log", "issuers", "tokens", "routes",
-                                      "forward_auth"})
+                                      "forward_auth", "aws_lambda"})
         server = self.server(top.get("server"))
         admin = self.admin(top.get("admin"))
         log = self.log(top.get("log"))
@@ -63,9 +65,28 @@ class Validator(IssuerValidator):
             self.problem("admin.listen", "must differ from server.listen")
         if forward_auth is not None and forward_auth.listen in (server.listen, admin.listen):
             self.problem("forward_auth.listen", "must differ from server.listen and admin.listen")
+        aws_lambda = self.aws_lambda(top.get("aws_lambda"))
+        if aws_lambda.policy_scope == "routes" and not self.problems:
+            for path, message in arn_patterns.problems(routes):
+                self.problem(path, message)
         if self.problems:
             return None
-        return Config(issuers, routes, tokens, server, admin, log, forward_auth)
+        return Config(issuers, routes, tokens, server, admin, log, forward_auth, aws_lambda)
+
+    def aws_lambda(self, value: Any) -> AwsLambda:
+        raw = self.mapping("aws_lambda", value, {"response", "policy_scope"})
+        kwargs: dict[str, Any] = {}
+        if "response" in raw:
+            kwargs["response"] = self.choice(
+                "aws_lambda.response", raw["response"], ("policy", "simple"))
+        if "policy_scope" in raw:
+            kwargs["policy_scope"] = self.choice(
+                "aws_lambda.policy_scope", raw["policy_scope"], ("request", "routes"))
+        settings = build(AwsLambda, kwargs)
+        if settings.response == "simple" and settings.policy_scope == "routes":
+            self.problem("aws_lambda.policy_scope",
+                         "routes needs response: policy (a simple response has no policy)")
+        return settings
 
     def server(self, value: Any) -> Server:
         path = "server"

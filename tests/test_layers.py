@@ -17,12 +17,13 @@ PACKAGE: Final = Path(__file__).resolve().parent.parent / "jwtproxy"
 
 LAYERS: Final = {
     "__init__": 0, "errors": 0,
-    "config": 1, "fields": 1, "issuer_validation": 1, "validation": 1, "loader": 1,
+    "config": 1, "arn_patterns": 1, "fields": 1, "issuer_validation": 1, "validation": 1, "loader": 1,
     "matcher": 2, "extractor": 2, "authorizer": 2, "headers": 2, "metrics": 2, "log": 2,
     "jwks": 2, "pool": 2, "jws": 2, "algorithms": 2, "expiring": 2,
     "verifier": 3, "mint": 3,  # mint: the verifier's inverse, for `jwtproxy token`
     "gate": 4, "forwarder": 4,
-    "app": 5, "forward_auth": 5, "explain": 5, "explain_text": 5, "serve": 5,
+    "app": 5, "aws_lambda": 5, "forward_auth": 5, "lambda_events": 5, "explain": 5,
+    "explain_text": 5, "serve": 5,
     "cli": 6, "demo": 6, "supervisor": 6, "healthcheck": 6, "__main__": 6,
 }
 
@@ -34,9 +35,12 @@ SAME_LAYER: Final = {
     ("validation", "config"),
     ("validation", "fields"),
     ("validation", "issuer_validation"),  # the issuers: section
+    ("validation", "arn_patterns"),       # `check` refuses what policy_scope: routes cannot say
+    ("arn_patterns", "config"),           # routes written as IAM patterns
     ("loader", "config"),                 # load_text returns a `Config`
     ("loader", "validation"),             # plain values from YAML, then every check
     ("algorithms", "jwks"),               # key_fits reads a key's kty, crv, alg, use, key_ops
+    ("aws_lambda", "lambda_events"),      # the Lambda door: events, then the answer
     ("explain", "app"),                   # prints the very error body the proxy would send
     ("explain", "explain_text"),          # the words and the rendering of the report
     ("explain", "forward_auth"),          # --forward-auth: the door's reconstruction, answer
@@ -55,8 +59,10 @@ OWNERS: Final = {
     "aiohttp.web": {"app", "forward_auth", "forwarder", "serve", "demo"},
     # client side: key fetches (jwks; app and explain open the session they pass to it)
     # and the upstream side (forwarder); the web modules may use it too; log filters
-    # aiohttp's parser errors (aiohttp.http_exceptions) out of the log
-    "aiohttp": {"app", "forward_auth", "forwarder", "serve", "demo", "jwks", "explain", "log"},
+    # aiohttp's parser errors (aiohttp.http_exceptions) out of the log; the Lambda door
+    # opens its key session
+    "aiohttp": {"app", "forward_auth", "forwarder", "serve", "demo", "jwks", "explain", "log",
+                "aws_lambda"},
     "httptools": {"pool"},
     "prometheus_client": {"metrics", "supervisor"},
 }
