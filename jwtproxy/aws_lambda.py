@@ -157,7 +157,7 @@ class Authorizer:
                 return await self._routes_answer(parsed, decision, reason)
             except KeysUnavailable:
                 return Outcome("error", KeysUnavailable.reason, decision)
-        claims = decision.claims
+        claims = decision.claims or await self._denied_claims(parsed, decision)
         route = self.by_name[decision.route.route.name] if decision.route else None
         context = _context(claims, route.context_claims if route and error is None else ())
         allowed = error is None
@@ -169,6 +169,22 @@ class Authorizer:
             response = _policy(_principal(claims), [parsed.arn.arn] if allowed else [],
                                [] if allowed else [parsed.arn.arn], context)
         return Outcome("allow" if allowed else "deny", reason, decision, response, claims)
+
+    async def _denied_claims(
+        self, parsed: AuthorizerEvent, decision: Decision,
+    ) -> Mapping[str, Any] | None:
+        """A token refused for scope or claim was verified: its claims name the principal
+        and the log line (the verifier's cache answers)."""
+        route = decision.route.route if decision.route else None
+        if not isinstance(decision.error, Forbidden) or route is None or route.auth is None:
+            return None
+        try:
+            token = self.gate.extractor.extract(parsed.view.headers, parsed.view.query_string)
+            if token is None:
+                return None
+            return (await self.verifier.verify(token, route.auth.issuers)).claims
+        except JwtProxyError:
+            return None
 
     async def _routes_answer(
         self, parsed: AuthorizerEvent, decision: Decision, reason: str,
