@@ -1,4 +1,4 @@
-"""The Lambda authorizer door: AWS's documented event shapes × the decisions, exact answers.
+"""The Lambda authorizer door: AWS's documented event shapes x the decisions, exact answers.
 
 Every case runs `Authorizer.handle` (what `handler` calls) against a real JWKS endpoint on
 loopback; the answers are the ones shared/DESIGN.md gives the door: an Allow policy (or

@@ -17,7 +17,8 @@ PACKAGE: Final = Path(__file__).resolve().parent.parent / "jwtproxy"
 
 LAYERS: Final = {
     "__init__": 0, "errors": 0,
-    "config": 1, "arn_patterns": 1, "fields": 1, "issuer_validation": 1, "validation": 1, "loader": 1,
+    "config": 1, "arn_patterns": 1, "fields": 1, "issuer_validation": 1, "validation": 1,
+    "loader": 1,
     "matcher": 2, "extractor": 2, "authorizer": 2, "headers": 2, "metrics": 2, "log": 2,
     "jwks": 2, "pool": 2, "jws": 2, "algorithms": 2, "expiring": 2,
     "verifier": 3, "mint": 3,  # mint: the verifier's inverse, for `jwtproxy token`
@@ -174,3 +175,15 @@ def test_the_supervisor_loads_no_server_and_no_metrics_library() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_lambda_door_imports_no_server() -> None:
+    """The Lambda door runs where no server does: importing its handler (and all it imports,
+    transitively) brings neither aiohttp's server (aiohttp.web) nor prometheus-client."""
+    code = ("import sys, jwtproxy.aws_lambda; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] == 'prometheus_client' or m.startswith('aiohttp.web')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=PACKAGE.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert "aiohttp" not in OWNERS["aiohttp.web"] and "aws_lambda" not in OWNERS["aiohttp.web"]
