@@ -182,8 +182,41 @@ def authorizer(config: dict[str, Any]) -> Iterator[Authorizer]:
         door.close()
 
 
+def glob_match(pattern: str, text: str) -> bool:
+    """IAM wildcard matching by the textbook two-pointer walk (no regular expressions)."""
+    p = t = 0
+    star, mark = -1, 0
+    while t < len(text):
+        if p < len(pattern) and pattern[p] in ("?", text[t]):
+            p, t = p + 1, t + 1
+        elif p < len(pattern) and pattern[p] == "*":
+            star, mark, p = p, t, p + 1
+        elif star >= 0:
+            p, mark = star + 1, mark + 1
+            t = mark
+        else:
+            return False
+    while p < len(pattern) and pattern[p] == "*":
+        p += 1
+    return p == len(pattern)
+
+
+def iam_allows(policy: dict[str, Any], arn: str) -> bool:
+    allowed = False
+    for statement in policy["policyDocument"]["Statement"]:
+        assert statement["Action"] == "execute-api:Invoke"
+        resources = statement["Resource"]
+        resources = [resources] if isinstance(resources, str) else resources
+        if any(glob_match(resource, arn) for resource in resources):
+            if statement["Effect"] == "Deny":
+                return False  # an explicit Deny wins over any Allow
+            allowed = True
+    return allowed
+
+
 def answer(door: Authorizer, body: Any, context: Any = None) -> tuple[str, Any]:
-    """("allow" | "deny", response), ("unauthorized", None) or ("error", message)."""
+    """("allow" | "deny", response), ("unauthorized", None) or ("error", message); a policy
+    allows when IAM's rules allow the event's own method ARN with it."""
     try:
         response = door.handle(body, context)
     except Unauthorized as err:
@@ -193,8 +226,8 @@ def answer(door: Authorizer, body: Any, context: Any = None) -> tuple[str, Any]:
         return "error", str(err)
     if "isAuthorized" in response:
         return ("allow" if response["isAuthorized"] is True else "deny"), response
-    effects = {statement["Effect"] for statement in response["policyDocument"]["Statement"]}
-    return ("allow" if effects == {"Allow"} else "deny"), response
+    arn = body.get("methodArn") or body.get("routeArn")
+    return ("allow" if iam_allows(response, arn) else "deny"), response
 
 
 def allow_policy(principal: str, arn: str, context: dict[str, Any] | None) -> dict[str, Any]:

@@ -27,6 +27,8 @@ from tests.aws_lambda_support import (
     answer,
     authorizer,
     bearer,
+    glob_match,
+    iam_allows,
     jwks_server,
     method_arn,
     token_event,
@@ -37,38 +39,6 @@ from tests.tokens import KeyRing, mint
 ISSUER: Final = "https://issuer.test/"
 AUDIENCE: Final = "api://orders"
 UPSTREAM: Final = "http://127.0.0.1:9"
-
-
-def glob_match(pattern: str, text: str) -> bool:
-    """IAM wildcard matching by the textbook two-pointer walk (no regular expressions)."""
-    p = t = 0
-    star, mark = -1, 0
-    while t < len(text):
-        if p < len(pattern) and pattern[p] in ("?", text[t]):
-            p, t = p + 1, t + 1
-        elif p < len(pattern) and pattern[p] == "*":
-            star, mark, p = p, t, p + 1
-        elif star >= 0:
-            p, mark = star + 1, mark + 1
-            t = mark
-        else:
-            return False
-    while p < len(pattern) and pattern[p] == "*":
-        p += 1
-    return p == len(pattern)
-
-
-def iam_allows(policy: dict[str, Any], arn: str) -> bool:
-    allowed = False
-    for statement in policy["policyDocument"]["Statement"]:
-        assert statement["Action"] == "execute-api:Invoke"
-        resources = statement["Resource"]
-        resources = [resources] if isinstance(resources, str) else resources
-        if any(glob_match(resource, arn) for resource in resources):
-            if statement["Effect"] == "Deny":
-                return False  # an explicit Deny wins over any Allow
-            allowed = True
-    return allowed
 
 
 def test_glob_match() -> None:

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Build the Lambda package: jwtproxy and its dependencies (pip install . -t) with the config
+# beside the handler, in deploy/aws/build/ (template.yaml's CodeUri), zipped to
+# deploy/aws/jwtproxy-lambda.zip. Wheels are fetched for the Lambda platform, so the build
+# works on any machine: ARCH=x86_64 (default) or aarch64, PYTHON=3.12 (the template's).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+arch="${ARCH:-x86_64}"
+python_version="${PYTHON:-3.12}"
+build="$here/build"
+rm -rf "$build" "$here/jwtproxy-lambda.zip"
+mkdir -p "$build"
+pip install --quiet --target "$build" --platform "manylinux2014_${arch}" \
+  --implementation cp --python-version "$python_version" --only-binary=:all: "$root"
+cp "$here/jwtproxy.yaml" "$build/jwtproxy.yaml"
+find "$build" -name '__pycache__' -type d -prune -exec rm -rf {} +
+(cd "$build" && python -m zipfile -c "$here/jwtproxy-lambda.zip" .)
+echo "built $build and $here/jwtproxy-lambda.zip ($(du -sh "$here/jwtproxy-lambda.zip" | cut -f1))"
