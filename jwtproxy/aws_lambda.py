@@ -23,14 +23,14 @@ from typing import Any, Final, Literal
 
 import aiohttp
 
-from .arn_patterns import UNNORMAL_PATHS, earlier_overlaps, iam_match, route_patterns, unnormal
+from .arn_patterns import unnormal
 from .authorizer import authorize
-from .config import Config, Route
+from .config import Config
 from .errors import Forbidden, InvalidToken, JwtProxyError, KeysUnavailable
 from .gate import Decision, Gate
-from .headers import claim_header_value
 from .jwks import build_stores
 from .lambda_events import AuthorizerEvent, BadEvent, parse_event
+from .lambda_policy import RoutePolicies, allows, claims_context, policy, principal
 from .loader import load_file
 from .log import setup_logging
 from .verifier import Verifier
@@ -39,15 +39,12 @@ log = logging.getLogger("jwtproxy.aws_lambda")
 
 CONFIG_ENV: Final = "JWTPROXY_CONFIG"
 CONFIG_NAME: Final = "jwtproxy.yaml"
-ANONYMOUS: Final = "anonymous"  # principalId when no token names a subject (public route)
 DEFAULT_BUDGET: Final = 5.0  # seconds for one decision when the context gives no deadline
 DEADLINE_MARGIN: Final = 0.5  # seconds kept to answer before the function times out
 MIN_BUDGET: Final = 0.05
 EMF_NAMESPACE: Final = "jwtproxy"
 NO_ROUTE: Final = "(none)"  # as metrics.NO_ROUTE (that module would bring prometheus-client)
-POLICY_VERSION: Final = "2012-10-17"
 Answer = Literal["allow", "deny", "unauthorized", "error"]
-ContextValue = str | int | float | bool
 
 
 class Unauthorized(Exception):
@@ -61,16 +58,6 @@ class AuthorizerFailure(Exception):
     """Any other error: API Gateway answers 500 and caches nothing."""
 
 
-@dataclass(frozen=True, slots=True)
-class LambdaRoute:
-    """A route's Lambda output, compiled once: its context claims and its ARN patterns."""
-
-    route: Route
-    context_claims: tuple[str, ...]
-    patterns: tuple[str, ...]
-    overlapped_by: tuple[int, ...]  # earlier routes some request matches together with it
-
-
 @dataclass(slots=True)
 class Outcome:
     answer: Answer
@@ -78,14 +65,6 @@ class Outcome:
     decision: Decision | None = None
     response: dict[str, Any] | None = None
     claims: Mapping[str, Any] | None = None
-
-
-def context_value(value: Any) -> ContextValue | None:
-    """API Gateway's context takes strings, numbers and booleans: arrays are joined and
-    objects written as compact JSON, as for claim headers."""
-    if isinstance(value, str | int | float):  # bool is an int
-        return value
-    return claim_header_value(value) if isinstance(value, list | dict) else None
 
 
 class Authorizer:
@@ -104,12 +83,7 @@ class Authorizer:
         self.token_header = next(
             (source.name for source in config.tokens if source.kind == "header"),
             "Authorization")
-        overlaps = earlier_overlaps(config.routes)
-        self.routes = tuple(
-            LambdaRoute(route, tuple(claim for claim, _ in route.forward.claims),
-                        route_patterns(route), overlaps[index])
-            for index, route in enumerate(config.routes))
-        self.by_name = {compiled.route.name: compiled for compiled in self.routes}
+        self.policies = RoutePolicies(config.routes)
 
     def close(self) -> None:
         async def close() -> None:
@@ -158,16 +132,16 @@ class Authorizer:
             except KeysUnavailable:
                 return Outcome("error", KeysUnavailable.reason, decision)
         claims = decision.claims or await self._denied_claims(parsed, decision)
-        route = self.by_name[decision.route.route.name] if decision.route else None
-        context = _context(claims, route.context_claims if route and error is None else ())
+        route = self.policies.by_name[decision.route.route.name] if decision.route else None
+        context = claims_context(claims, route.context_claims if route and error is None else ())
         allowed = error is None
         if self.simple and parsed.shape == "http_v2":
             response: dict[str, Any] = {"isAuthorized": allowed}
             if context:
                 response["context"] = context
         else:
-            response = _policy(_principal(claims), [parsed.arn.arn] if allowed else [],
-                               [] if allowed else [parsed.arn.arn], context)
+            response = policy(principal(claims), [parsed.arn.arn] if allowed else [],
+                              [] if allowed else [parsed.arn.arn], context)
         return Outcome("allow" if allowed else "deny", reason, decision, response, claims)
 
     async def _denied_claims(
@@ -189,22 +163,13 @@ class Authorizer:
     async def _routes_answer(
         self, parsed: AuthorizerEvent, decision: Decision, reason: str,
     ) -> Outcome:
-        """The token's whole permission set over the API stage: Allow the patterns of each
-        route it satisfies; Deny those of each other route unless an earlier satisfied route
-        overlaps it (`arn_patterns.problems` keeps configs where that is exact)."""
+        """The token's whole permission set over the API stage (`RoutePolicies`)."""
         satisfied, claims = await self._satisfied(parsed)
         claims = decision.claims or claims
-        base = parsed.arn.base
-        allow = [f"{base}/{p}" for i in sorted(satisfied) for p in self.routes[i].patterns]
-        deny = [f"{base}/{p}" for p in UNNORMAL_PATHS]
-        for index, compiled in enumerate(self.routes):
-            if index not in satisfied and satisfied.isdisjoint(compiled.overlapped_by):
-                deny.extend(f"{base}/{p}" for p in compiled.patterns)
-        names = [claim for i in sorted(satisfied) for claim in self.routes[i].context_claims]
-        response = _policy(_principal(claims), allow, deny, _context(claims, names))
-        arn = parsed.arn.arn
-        allowed = (any(iam_match(r, arn) for r in allow)
-                   and not any(iam_match(r, arn) for r in deny))
+        allow, deny = self.policies.permission_set(parsed.arn.base, satisfied)
+        context = claims_context(claims, self.policies.context_claims(satisfied))
+        response = policy(principal(claims), allow, deny, context)
+        allowed = allows(allow, deny, parsed.arn.arn)
         fresh = decision.error is None and not unnormal(parsed.arn.resource)
         if allowed != fresh:  # only a config that bypassed `check` gets here: fail closed
             log.error("lambda_policy_mismatch", extra={"route": _route_name(decision)})
@@ -223,7 +188,7 @@ class Authorizer:
             token, usable = None, False
         found: set[int] = set()
         claims: Mapping[str, Any] = {}
-        for index, compiled in enumerate(self.routes):
+        for index, compiled in enumerate(self.policies.routes):
             auth = compiled.route.auth
             if auth is None or auth.mode == "report_only":
                 found.add(index)
@@ -284,36 +249,6 @@ def _emf(counted: bool) -> dict[str, Any]:
 
 def _route_name(decision: Decision | None) -> str:
     return decision.route.route.name if decision is not None and decision.route else NO_ROUTE
-
-
-def _principal(claims: Mapping[str, Any] | None) -> str:
-    sub = (claims or {}).get("sub")
-    return sub if isinstance(sub, str) and sub else ANONYMOUS
-
-
-def _context(claims: Mapping[str, Any] | None, names: Any) -> dict[str, ContextValue]:
-    if not claims:
-        return {}
-    context: dict[str, ContextValue] = {}
-    for name in names:
-        value = context_value(claims.get(name))
-        if value is not None:
-            context[name] = value
-    return context
-
-
-def _policy(principal: str, allow: list[str], deny: list[str],
-            context: dict[str, ContextValue]) -> dict[str, Any]:
-    statements = [
-        {"Action": "execute-api:Invoke", "Effect": effect,
-         "Resource": resources[0] if len(resources) == 1 else resources}
-        for effect, resources in (("Allow", allow), ("Deny", deny)) if resources]
-    response: dict[str, Any] = {
-        "principalId": principal,
-        "policyDocument": {"Version": POLICY_VERSION, "Statement": statements}}
-    if context:
-        response["context"] = context
-    return response
 
 
 def _budget(context: Any) -> float:

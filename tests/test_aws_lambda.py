@@ -18,7 +18,8 @@ from typing import Any, Final
 
 import pytest
 
-from jwtproxy.aws_lambda import Authorizer, context_value
+from jwtproxy.aws_lambda import Authorizer
+from jwtproxy.lambda_policy import context_value
 from tests.aws_lambda_support import (
     DOMAIN,
     SHAPES,

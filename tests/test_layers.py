@@ -23,8 +23,8 @@ LAYERS: Final = {
     "jwks": 2, "pool": 2, "jws": 2, "algorithms": 2, "expiring": 2,
     "verifier": 3, "mint": 3,  # mint: the verifier's inverse, for `jwtproxy token`
     "gate": 4, "forwarder": 4,
-    "app": 5, "aws_lambda": 5, "forward_auth": 5, "lambda_events": 5, "explain": 5,
-    "explain_text": 5, "serve": 5,
+    "app": 5, "aws_lambda": 5, "forward_auth": 5, "lambda_events": 5, "lambda_policy": 5,
+    "explain": 5, "explain_text": 5, "serve": 5,
     "cli": 6, "demo": 6, "supervisor": 6, "healthcheck": 6, "__main__": 6,
 }
 
@@ -42,6 +42,7 @@ SAME_LAYER: Final = {
     ("loader", "validation"),             # plain values from YAML, then every check
     ("algorithms", "jwks"),               # key_fits reads a key's kty, crv, alg, use, key_ops
     ("aws_lambda", "lambda_events"),      # the Lambda door: events, then the answer
+    ("aws_lambda", "lambda_policy"),      # ... written as a policy or a simple response
     ("explain", "app"),                   # prints the very error body the proxy would send
     ("explain", "explain_text"),          # the words and the rendering of the report
     ("explain", "forward_auth"),          # --forward-auth: the door's reconstruction, answer
