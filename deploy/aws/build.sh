@@ -14,6 +14,14 @@ mkdir -p "$build"
 pip install --quiet --target "$build" --platform "manylinux2014_${arch}" \
   --implementation cp --python-version "$python_version" --only-binary=:all: "$root"
 cp "$here/jwtproxy.yaml" "$build/jwtproxy.yaml"
-find "$build" -name '__pycache__' -type d -prune -exec rm -rf {} +
+# Lambda's /var/task is read-only: without matching .pyc files every cold start compiles
+# every module. Keep (and complete) them when this Python is the target's; else drop them.
+if [ "$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "$python_version" ]; then
+  python -m compileall -q "$build"
+else
+  find "$build" -name '__pycache__' -type d -prune -exec rm -rf {} +
+  echo "note: built with Python $(python -V 2>&1 | cut -d' ' -f2), not $python_version: no .pyc" \
+       "files shipped (build with python$python_version, e.g. in public.ecr.aws/sam/build-python$python_version)" >&2
+fi
 (cd "$build" && python -m zipfile -c "$here/jwtproxy-lambda.zip" .)
 echo "built $build and $here/jwtproxy-lambda.zip ($(du -sh "$here/jwtproxy-lambda.zip" | cut -f1))"
