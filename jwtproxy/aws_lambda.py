@@ -227,8 +227,13 @@ class Authorizer:
         for claim in ("sub", "jti"):
             if isinstance(claims.get(claim), str):
                 fields[claim] = claims[claim][:128]
-        counted = decision is not None and decision.auth_reason is not None
+        # `auth` counts as jwtproxy_auth_total does: decisions that authenticated, with the
+        # gate's result (report_only lets a denied token through) and its reason
+        counted = decision is not None and decision.auth_reason is not None and (
+            outcome.reason == decision.auth_reason)
         if counted:
+            assert decision is not None
+            fields["result"] = "denied" if decision.auth_denied else "allowed"
             fields["auth"] = 1
         if self.emf:
             fields["_aws"] = _emf(counted)

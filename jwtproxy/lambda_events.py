@@ -124,7 +124,8 @@ def _pairs(event: Mapping[str, Any], single: str, multi: str | None) -> list[tup
     pairs: list[tuple[str, str]] = []
     if many:
         for name, values in many.items():
-            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            if not isinstance(values, list) or not all(
+                    isinstance(v, str) and len(v) <= MAX_FIELD_CHARS for v in values):
                 raise BadEvent(f"{multi} values are not lists of strings")
             pairs.extend((str(name), value) for value in values)
         return pairs

@@ -327,3 +327,20 @@ def test_decision_log_line_and_emf(world: World, capsys: pytest.CaptureFixture[s
     assert bad["reason"] == "bad_event" and bad["answer"] == "unauthorized"
     assert "auth" not in bad and len(bad["_aws"]["CloudWatchMetrics"]) == 1
     assert token not in json.dumps(lines)
+
+
+def test_report_only_allows_and_counts_the_denial(
+    keys: KeyRing, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """report_only never denies, and the `auth` figure still says what `required` would."""
+    with jwks_server(JwksEndpoint(keys.jwks())) as url:
+        config = lambda_config(url, url)
+        config["routes"][1]["auth"]["mode"] = "report_only"
+        with authorizer(config) as door, caplog.at_level(logging.INFO, logger="jwtproxy"):
+            token = access_token(keys, exp=int(time.time()) - 3600)
+            arn = method_arn("GET", "/orders/1")
+            got = answer(door, event("rest_token", "GET", "/orders/1", bearer(token)))
+    assert got == ("allow", allow_policy("anonymous", arn, None))
+    (record,) = [r for r in caplog.records if r.getMessage() == "lambda_decision"]
+    assert (record.answer, record.result, record.reason, record.auth) == (  # type: ignore[attr-defined]
+        "allow", "denied", "expired", 1)
