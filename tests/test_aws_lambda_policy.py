@@ -27,6 +27,7 @@ from tests.aws_lambda_support import (
     answer,
     authorizer,
     bearer,
+    event,
     glob_match,
     iam_allows,
     jwks_server,
@@ -277,3 +278,13 @@ def test_jwtproxy_check_names_the_path(tmp_path: Path) -> None:
 
 def test_token_event_helper_matches_arn() -> None:
     assert token_event("x", "GET", "/a")["methodArn"] == method_arn("GET", "/a")
+
+
+def test_routes_scope_decides_http_v2_on_the_route_arn(door: Authorizer, keys: KeyRing) -> None:
+    """Under the routes scope the decision is on what IAM evaluates: the routeArn."""
+    token = tokens(keys)["read"]
+    body = event("http_v2", "GET", "/orders/1", bearer(token))
+    body["rawPath"] = body["requestContext"]["http"]["path"] = "/admin/x"
+    outcome, response = answer(door, body)
+    assert outcome == "allow"
+    assert response == answer(door, _arn_event(token, method_arn("GET", "/orders/1")))[1]
