@@ -179,7 +179,9 @@ class Authorizer:
         return Outcome("allow" if allowed else "deny", reason, decision, response, claims)
 
     async def _satisfied(self, parsed: AuthorizerEvent) -> tuple[set[int], Mapping[str, Any]]:
-        """Which routes the event's token passes, by the gate's own rules per mode."""
+        """Which routes the event's token passes, by the gate's own rules per mode (a check
+        added to `Gate.decide` belongs here too; `_routes_answer` fails closed on any
+        disagreement with the gate for the event's own route)."""
         view = parsed.view
         try:
             token = self.gate.extractor.extract(view.headers, view.query_string)
