@@ -55,18 +55,16 @@ def lambda_config(jwks_url: str, down_url: str, **aws_lambda: str) -> dict[str, 
                      "jwks": {"refresh_min_interval": "1h", "timeout": "2s"}},
         },
         "routes": [
-            {"name": "public", "match": {"path_prefix": "/public"}, "auth": "none",
-             "upstream": "http://127.0.0.1:9"},
+            {"name": "public", "match": {"path_prefix": "/public"}, "auth": "none"},
             {"name": "orders", "match": {"path_prefix": "/orders", "methods": ["GET", "POST"]},
-             "upstream": "http://127.0.0.1:9",
              "auth": {"issuers": ["access"], "scopes": ["orders:read"]},
              "forward": {"claims": CONTEXT_CLAIMS}},
-            {"name": "admin", "match": {"path_prefix": "/admin"}, "upstream": "http://127.0.0.1:9",
+            {"name": "admin", "match": {"path_prefix": "/admin"},
              "auth": {"issuers": ["access"], "claims": {"groups": "admin"}},
              "forward": {"claims": {"sub": "X-Auth-Subject"}}},
-            {"name": "profile", "match": {"path": "/profile"}, "upstream": "http://127.0.0.1:9",
+            {"name": "profile", "match": {"path": "/profile"},
              "auth": {"issuers": ["id"]}},
-            {"name": "down", "match": {"path_prefix": "/down"}, "upstream": "http://127.0.0.1:9",
+            {"name": "down", "match": {"path_prefix": "/down"},
              "auth": {"issuers": ["down"]}},
         ],
         "aws_lambda": aws_lambda,
@@ -259,8 +257,7 @@ def test_domain_name_and_stage(keys: KeyRing) -> None:
     with jwks_server(endpoint) as url:
         config = lambda_config(url, url)
         config["routes"].insert(0, {"name": "other-host", "match": {
-            "host": "other.example.com", "path_prefix": "/orders"}, "auth": "none",
-            "upstream": "http://127.0.0.1:9"})
+            "host": "other.example.com", "path_prefix": "/orders"}, "auth": "none"})
         with authorizer(config) as door:
             token = access_token(keys, scope="none")
             v2 = event("http_v2", "GET", "/orders/1", bearer(token))

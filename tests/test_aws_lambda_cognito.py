@@ -36,7 +36,7 @@ def cognito() -> Iterator[Cognito]:
 def door(cognito: Cognito) -> Iterator[Authorizer]:
     def route(name: str, issuer: str, **auth: Any) -> dict[str, Any]:
         return {"name": name, "match": {"path_prefix": f"/{name}"},
-                "upstream": "http://127.0.0.1:9", "auth": {"issuers": [issuer], **auth},
+                "auth": {"issuers": [issuer], **auth},
                 "forward": {"claims": CONTEXT}}
 
     config = {

@@ -48,8 +48,7 @@ def config(jwks_url: str) -> dict[str, Any]:
         "log": {"level": "warning"},
         "issuers": {"main": {"issuer": ISSUER, "jwks_uri": jwks_url, "algorithms": ["RS256"],
                              "audiences": ["api"]}},
-        "routes": [{"name": "api", "match": {"path_prefix": "/"},
-                    "upstream": "http://127.0.0.1:9"}],
+        "routes": [{"name": "api", "match": {"path_prefix": "/"}}],
     }
 
 

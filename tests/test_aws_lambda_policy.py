@@ -39,7 +39,6 @@ from tests.tokens import KeyRing, mint
 
 ISSUER: Final = "https://issuer.test/"
 AUDIENCE: Final = "api://orders"
-UPSTREAM: Final = "http://127.0.0.1:9"
 
 
 def test_glob_match() -> None:
@@ -51,7 +50,7 @@ def test_glob_match() -> None:
 
 def routes_config(jwks_url: str) -> dict[str, Any]:
     def route(name: str, match: dict[str, Any], auth: Any, **extra: Any) -> dict[str, Any]:
-        return {"name": name, "match": match, "upstream": UPSTREAM, "auth": auth, **extra}
+        return {"name": name, "match": match, "auth": auth, **extra}
 
     issuer = {"issuer": ISSUER, "jwks_uri": jwks_url, "audiences": [AUDIENCE],
               "algorithms": ["RS256"], "jwks": {"refresh_min_interval": "1s"}}
@@ -227,7 +226,7 @@ BASE: Final[dict[str, Any]] = {
 
 
 def _route(name: str, **match: Any) -> dict[str, Any]:
-    return {"name": name, "match": match, "upstream": UPSTREAM}
+    return {"name": name, "match": match}
 
 
 @pytest.mark.parametrize(("routes", "aws", "expected"), [
