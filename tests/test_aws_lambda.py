@@ -9,6 +9,7 @@ invalid token, an error when keys cannot be had.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -285,21 +286,26 @@ def test_context_values() -> None:
     assert context_value(["a", None]) is None  # a list that cannot be said whole is left out
 
 
-def test_decision_log_line_and_emf(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+def test_decision_log_line_and_emf(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """One JSON line per decision, also a CloudWatch EMF document: the `auth` metric has
     the jwtproxy_auth_total labels (route, result, reason); no token in it."""
     from jwtproxy.log import setup_logging
 
-    setup_logging("info", "json")
+    stream = io.StringIO()
+    root, ours = logging.getLogger(), logging.getLogger("jwtproxy")
+    saved = (root.handlers[:], root.level, ours.handlers[:], ours.level, ours.propagate)
+    monkeypatch.setattr("sys.stderr", stream)
+    setup_logging("info", "json")  # what `load()` does in Lambda
     try:
         token = access_token(world.keys, jti="jti-log", scope="profile")
         answer(world.policy, event("rest_token", "GET", "/orders/1", bearer(token)))
         answer(world.policy, event("rest_token", "GET", "/orders/1", bearer(token)))
         answer(world.policy, {"type": "TOKEN"})
     finally:
-        logging.getLogger("jwtproxy").handlers[:] = []
-        logging.getLogger("jwtproxy").propagate = True
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+        logging.captureWarnings(False)
+        root.handlers[:], root.level = saved[0], saved[1]
+        ours.handlers[:], ours.level, ours.propagate = saved[2], saved[3], saved[4]
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()
              if '"lambda_decision"' in line]
     assert len(lines) == 3
     first, second, bad = lines
