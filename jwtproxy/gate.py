@@ -25,7 +25,7 @@ from .errors import (
 )
 from .extractor import TokenExtractor
 from .headers import HeaderPlan, TrustedProxies
-from .matcher import RouteTable, normalize_path
+from .matcher import RouteTable, normalize_path, target_refusal
 from .verifier import Step, Trace, Verifier
 
 PATH_SAFE: Final = "/:@!$&'()*+,;=~"
@@ -88,10 +88,10 @@ class Gate:
 
     async def decide(self, view: RequestView, trace: bool = False) -> Decision:
         steps: Trace | None = [] if trace else None
-        if not view.raw_path.startswith("/"):
-            _note(steps, "request", False, f"request target {view.raw_path[:80]!r} is not a path")
-            return Decision(None, InvalidRequest("request target must be an absolute path"),
-                            steps=steps)
+        refusal = target_refusal(view.raw_path, view.query_string)
+        if refusal is not None:
+            _note(steps, "request", False, f"request target {view.raw_path[:80]!r}: {refusal}")
+            return Decision(None, InvalidRequest(refusal), steps=steps)
         normalized = normalize_path(view.raw_path)
         route = self.table.match(view.method, view.host, normalized.path)
         if steps is not None:

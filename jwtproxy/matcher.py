@@ -28,6 +28,17 @@ class NormalizedPath:
     changed: bool
 
 
+def target_refusal(raw_path: str, query: str) -> str | None:
+    """Why a request target is refused (400), or None. A `#` has no place in an origin-form
+    target (RFC 9112 §3.2): upstream parsers drop what follows it, so the proxy would match
+    one path and the upstream serve another."""
+    if not raw_path.startswith("/"):
+        return "request target must be an absolute path"
+    if "#" in raw_path or "#" in query:
+        return "request target must not contain a fragment (#)"
+    return None
+
+
 def normalize_path(raw_path: str) -> NormalizedPath:
     """Percent-decode once, turn `\\` into `/`, merge `//`, and remove dot segments
     (RFC 3986 §5.2.4), so that a route sees the path the upstream will act on."""

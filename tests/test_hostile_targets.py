@@ -1,0 +1,73 @@
+"""Hostile request targets and credentials from the security review (issue 16), as raw
+HTTP/1.1 over sockets against the proxy on a real port in front of a raw-socket upstream
+that records every request it receives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from jwtproxy.explain import build_report
+from jwtproxy.loader import load_text
+from tests.conftest import ProxyFactory, base_config
+from tests.test_hostile_clients import (
+    Jwks,
+    RawUpstream,
+    exchange,
+    good_token,
+    raw_upstream,
+    request,
+)
+from tests.tokens import KeyRing
+
+__all__ = ["raw_upstream"]  # the fixture, used by name below
+
+
+def admin_then_public(jwks_url: str, upstream_url: str) -> dict[str, Any]:
+    """The review's config: `/admin` needs a token, `/orders` a scope, the rest is public."""
+    config = base_config(jwks_url, upstream_url)
+    config["routes"] = [
+        {"name": "admin", "match": {"path_prefix": "/admin"}, "upstream": upstream_url},
+        {"name": "orders", "match": {"path_prefix": "/orders"}, "upstream": upstream_url,
+         "auth": {"scopes": ["orders:write"]}},
+        {"name": "public", "match": {"path_prefix": "/"}, "upstream": upstream_url,
+         "auth": "none"},
+    ]
+    return config
+
+
+# -- 1. a fragment in the target ----------------------------------------------------------
+
+FRAGMENTS = ["/admin#x", "/admin#", "/admin/#/../../x", "/admin?a=1#x", "/x#/../admin",
+             "/orders#x", "/orders/1#"]
+
+
+@pytest.mark.parametrize("target", FRAGMENTS)
+async def test_a_fragment_in_the_target_is_refused_and_never_forwarded(
+    make_proxy: ProxyFactory, jwks: Jwks, raw_upstream: RawUpstream, keys: KeyRing, target: str
+) -> None:
+    """`GET /admin#x` used to be matched as a path outside `/admin` (public) and forwarded
+    as is; every upstream parser reads it as `/admin` (RFC 9112 §3.2: no `#` in a target)."""
+    proxy = await make_proxy(admin_then_public(jwks[1], raw_upstream.url))
+    auth = f"Authorization: Bearer {good_token(keys)}"  # a token without orders:write
+    for headers in (["Host: a"], ["Host: a", auth]):
+        client = await exchange(proxy.client.port, request(target, *headers))
+        assert [a.status for a in client.answers] == [400], target
+        assert b"invalid_request" in client.answers[0].body
+    assert raw_upstream.requests == []
+    # an encoded `#` is a path character: the segment `admin#x` is not `/admin`
+    client = await exchange(proxy.client.port, request("/admin%23x", "Host: a"))
+    assert [a.status for a in client.answers] == [200]
+    assert raw_upstream.paths() == ["/admin%23x"]
+
+
+@pytest.mark.parametrize("target", FRAGMENTS)
+async def test_explain_refuses_a_fragment_too(jwks: Jwks, target: str) -> None:
+    """The refusal is in `Gate.decide`, so every door that decides gets it."""
+    import yaml
+
+    config = load_text(yaml.safe_dump(admin_then_public(jwks[1], "http://127.0.0.1:9")))
+    report = await build_report(config, "GET", "a", target, "", offline=True)
+    assert report.decision.status == 400
+    assert report.decision.route is None
