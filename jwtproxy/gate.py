@@ -28,7 +28,7 @@ from .headers import HeaderPlan, TrustedProxies
 from .matcher import RouteTable, normalize_path, target_refusal
 from .verifier import Step, Trace, Verifier
 
-PATH_SAFE: Final = "/:@!$&'()*+,;=~"
+PATH_SAFE: Final = "/:@!$&'()*+,=~"  # no `;`: a decoded `%3B` must not become a parameter
 AUTH_ERRORS: Final = (InvalidToken, Forbidden, KeysUnavailable)
 
 

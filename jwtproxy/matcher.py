@@ -36,6 +36,11 @@ def target_refusal(raw_path: str, query: str) -> str | None:
         return "request target must be an absolute path"
     if "#" in raw_path or "#" in query:
         return "request target must not contain a fragment (#)"
+    # Servlet containers (Tomcat, Jetty, Spring) drop `;params` from each segment before
+    # routing, so `/admin;x` is `/admin` to them and another path to every other parser;
+    # `%3B` is refused too, as some decode before they strip.
+    if ";" in raw_path or ("%" in raw_path and "%3b" in raw_path.lower()):
+        return "path parameters (;) are not accepted in the request target"
     return None
 
 
@@ -51,7 +56,8 @@ def normalize_path(raw_path: str) -> NormalizedPath:
     segments = decoded.split("/")
     out: list[str] = []
     for segment in segments[1:]:
-        # `..;x` is `..` to Tomcat and Jetty (path parameters): treat it as one here too
+        # `..;x` is `..` to Tomcat and Jetty (path parameters); the gate refuses every `;`
+        # before matching, this is for callers of this function alone
         dots = segment.split(";", 1)[0]
         if dots == "..":
             if out:

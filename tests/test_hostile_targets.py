@@ -71,3 +71,33 @@ async def test_explain_refuses_a_fragment_too(jwks: Jwks, target: str) -> None:
     report = await build_report(config, "GET", "a", target, "", offline=True)
     assert report.decision.status == 400
     assert report.decision.route is None
+
+
+# -- 2. path parameters -------------------------------------------------------------------
+
+PARAMS = ["/admin;x=1", "/admin;", "/admin;jsessionid=1/users", "/orders;jsessionid=1/1",
+          "/x/..;/admin", "/admin%3Bx=1", "/admin%3bx", "/x;a=b/../admin", "/x?q=;"]
+
+
+@pytest.mark.parametrize("target", PARAMS[:-1])
+async def test_path_parameters_are_refused_and_never_forwarded(
+    make_proxy: ProxyFactory, jwks: Jwks, raw_upstream: RawUpstream, keys: KeyRing, target: str
+) -> None:
+    """Tomcat, Jetty and Spring serve `/admin;x=1` as `/admin`; the proxy matched it as
+    another path and forwarded it as is. Now 400, with or without a token."""
+    proxy = await make_proxy(admin_then_public(jwks[1], raw_upstream.url))
+    auth = f"Authorization: Bearer {good_token(keys)}"
+    for headers in (["Host: a"], ["Host: a", auth]):
+        client = await exchange(proxy.client.port, request(target, *headers))
+        assert [a.status for a in client.answers] == [400], target
+        assert b"invalid_request" in client.answers[0].body
+    assert raw_upstream.requests == []
+
+
+async def test_a_semicolon_in_the_query_is_not_a_path_parameter(
+    make_proxy: ProxyFactory, jwks: Jwks, raw_upstream: RawUpstream
+) -> None:
+    proxy = await make_proxy(admin_then_public(jwks[1], raw_upstream.url))
+    client = await exchange(proxy.client.port, request(PARAMS[-1], "Host: a"))
+    assert [a.status for a in client.answers] == [200]
+    assert raw_upstream.paths() == [PARAMS[-1]]
