@@ -101,3 +101,53 @@ async def test_a_semicolon_in_the_query_is_not_a_path_parameter(
     client = await exchange(proxy.client.port, request(PARAMS[-1], "Host: a"))
     assert [a.status for a in client.answers] == [200]
     assert raw_upstream.paths() == [PARAMS[-1]]
+
+
+# -- 3. encoded query names ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["access%5Ftoken", "%61ccess_token", "ACCESS_TOKEN"])
+async def test_an_encoded_query_name_counts_as_a_second_token(
+    make_proxy: ProxyFactory, jwks: Jwks, raw_upstream: RawUpstream, keys: KeyRing, name: str
+) -> None:
+    """A valid header token plus `?access%5Ftoken=<forged>` used to reach the upstream
+    with both (the plain name was 400): the upstream decodes the name and may take it."""
+    config = base_config(jwks[1], raw_upstream.url,
+                         tokens=[{"header": "Authorization"}, {"query": "access_token"}])
+    proxy = await make_proxy(config)
+    auth = f"Authorization: Bearer {good_token(keys)}"
+    for query in (f"{name}=forged", f"a=1&{name}=forged", f"a=1;{name}=forged"):
+        client = await exchange(proxy.client.port, request(f"/orders/1?{query}", "Host: a", auth))
+        assert [a.status for a in client.answers] == [400], query
+        assert b"invalid_request" in client.answers[0].body
+    assert raw_upstream.requests == []
+    client = await exchange(proxy.client.port, request(f"/orders/1?{name}={good_token(keys)}",
+                                                       "Host: a"))
+    assert [a.status for a in client.answers] == [200]  # the one place it is in
+
+
+# -- 4. bearer-like values on optional routes ---------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["optional", "required"])
+@pytest.mark.parametrize("shape", ["Bearer\t{}", "Bearer,{}", "Bearer:{}", "Bearerx {}", "{}"])
+async def test_an_unparseable_bearer_value_is_malformed_in_every_mode(
+    make_proxy: ProxyFactory, jwks: Jwks, raw_upstream: RawUpstream, keys: KeyRing,
+    mode: str, shape: str
+) -> None:
+    """`Bearer\\t<forged>` on an optional route used to count as "no token" and reach the
+    upstream byte for byte: an upstream splitting on whitespace reads a token nobody
+    verified. Now 401 like every other malformed token, and nothing is forwarded."""
+    config = base_config(jwks[1], raw_upstream.url)
+    config["routes"][2]["auth"] = {"mode": mode}
+    proxy = await make_proxy(config)
+    for token in ("forged.forged.forged", good_token(keys)):
+        client = await exchange(proxy.client.port, request(
+            "/anything", "Host: a", "Authorization: " + shape.format(token)))
+        assert [a.status for a in client.answers] == [401], (mode, shape)
+        assert client.answers[0].header("WWW-Authenticate") is not None
+    assert raw_upstream.requests == []
+    if mode == "optional":
+        client = await exchange(proxy.client.port, request("/anything", "Host: a"))
+        assert [a.status for a in client.answers] == [200]  # no token at all still passes
+        assert raw_upstream.requests[-1].header("Authorization") is None
