@@ -35,13 +35,14 @@ def normalized_name(name: str) -> str:
 
 def claim_header_value(value: Any) -> str | None:
     """Only primitives become headers: lists joined with ",", objects as compact JSON.
-    Values with control characters are refused (header injection)."""
+    Values with control characters are refused (header injection), and so is a list
+    with a member that a list parser would not read back as itself (see `_list_member`)."""
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, str | int | float):
         text = str(value)
     elif isinstance(value, list):
-        parts = [claim_header_value(item) for item in value]
+        parts = [_list_member(item) for item in value]
         if any(part is None for part in parts):
             return None  # dropping one member would change what the list says
         text = ",".join(part for part in parts if part is not None)
@@ -51,6 +52,19 @@ def claim_header_value(value: Any) -> str | None:
         return None
     if UNSENDABLE.search(text):
         return None  # control characters split headers; lone surrogates cannot be encoded
+    return text
+
+
+def _list_member(value: Any) -> str | None:
+    """One member of a joined list, or None when it would not survive the split: a `,`
+    (`["viewer,admin"]` would read as `["viewer", "admin"]`), a `"` (RFC 9110 §5.6.1
+    quoted elements), surrounding whitespace (OWS, stripped on reading), an empty
+    member, or a nested list or object."""
+    if isinstance(value, list | dict):
+        return None
+    text = claim_header_value(value)
+    if not text or text != text.strip() or "," in text or '"' in text:
+        return None
     return text
 
 

@@ -125,6 +125,16 @@ def test_no_claims_no_injection() -> None:
     (["ok", "bad\nvalue"], None),  # not silently shortened to "ok"
     (["ok", None], None),
     ("\ud800", None),
+    ("Doe, John", "Doe, John"),  # a string is one value, commas and all
+    # a list member must read back as itself after a split on "," (issue 16)
+    (["viewer,admin"], None),
+    (["viewer", "a,b"], None),
+    (['"viewer', 'admin"'], None),
+    ([" admin"], None),
+    (["admin "], None),
+    ([""], None),
+    (["a", ["b", "c"]], None),
+    ([{"a": 1}], None),
 ])
 def test_claim_header_value(value: Any, text: str | None) -> None:
     assert claim_header_value(value) == text

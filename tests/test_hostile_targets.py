@@ -4,6 +4,8 @@ that records every request it receives."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -151,3 +153,50 @@ async def test_an_unparseable_bearer_value_is_malformed_in_every_mode(
         client = await exchange(proxy.client.port, request("/anything", "Host: a"))
         assert [a.status for a in client.answers] == [200]  # no token at all still passes
         assert raw_upstream.requests[-1].header("Authorization") is None
+
+
+# -- 5. the refusal cache and issuers that share an iss -----------------------------------
+
+
+async def test_a_token_not_valid_yet_passes_once_valid_though_another_issuer_refused_it(
+    make_proxy: ProxyFactory, jwks: Jwks, raw_upstream: RawUpstream, keys: KeyRing
+) -> None:
+    """`strict` (typ at+jwt) and `loose` share one iss; a `typ: JWT` token with nbf in
+    2 s was refused for `strict`'s lasting typ error and that refusal was remembered for
+    300 s, hiding that `loose` accepts the token once its nbf has passed."""
+    config = base_config(jwks[1], raw_upstream.url)
+    main = config["issuers"].pop("main")
+    config["issuers"]["strict"] = {**main, "typ": "at+jwt", "leeway": "0s"}
+    config["issuers"]["loose"] = {**main, "leeway": "0s"}
+    config["routes"][2]["auth"] = {"issuers": ["strict", "loose"]}
+    proxy = await make_proxy(config)
+    now = int(time.time())
+    head = request("/x", "Host: a", f"Authorization: Bearer {good_token(keys, nbf=now + 2)}")
+    client = await exchange(proxy.client.port, head)
+    assert [a.status for a in client.answers] == [401]
+    deadline = time.monotonic() + 10
+    statuses: list[int] = []
+    while time.monotonic() < deadline and statuses[-1:] != [200]:
+        await asyncio.sleep(0.25)  # polling for the nbf to pass (real clock, real proxy)
+        client = await exchange(proxy.client.port, head)
+        statuses.extend(a.status for a in client.answers)
+    assert statuses[-1:] == [200], statuses
+    assert len(raw_upstream.requests) == 1
+
+
+# -- 6. list claims joined with "," -------------------------------------------------------
+
+
+async def test_a_list_claim_with_a_comma_in_a_member_is_not_sent(
+    make_proxy: ProxyFactory, jwks: Jwks, raw_upstream: RawUpstream, keys: KeyRing
+) -> None:
+    """`groups: ["viewer,admin"]` and `["viewer", "admin"]` both became `viewer,admin`."""
+    proxy = await make_proxy(base_config(jwks[1], raw_upstream.url))
+    sent = []
+    for groups in (["viewer,admin"], ["viewer", "admin"], ['"viewer', 'admin"']):
+        auth = f"Authorization: Bearer {good_token(keys, groups=groups)}"
+        client = await exchange(proxy.client.port, request("/orders/1", "Host: a", auth,
+                                                           "X-Auth-Groups: spoofed"))
+        assert [a.status for a in client.answers] == [200]
+        sent.append(raw_upstream.requests[-1].header_all("X-Auth-Groups"))
+    assert sent == [[], ["viewer,admin"], []]
