@@ -64,9 +64,9 @@ async def test_a_fragment_in_the_target_is_refused_and_never_forwarded(
     assert raw_upstream.paths() == ["/admin%23x"]
 
 
-@pytest.mark.parametrize("target", FRAGMENTS)
-async def test_explain_refuses_a_fragment_too(jwks: Jwks, target: str) -> None:
-    """The refusal is in `Gate.decide`, so every door that decides gets it."""
+@pytest.mark.parametrize("target", [*FRAGMENTS, "/admin;x=1", "/x/..;/admin", "/admin%3Bx"])
+async def test_explain_refuses_a_fragment_or_path_parameters_too(jwks: Jwks, target: str) -> None:
+    """The refusals are in `Gate.decide`, so every door that decides gets them."""
     import yaml
 
     config = load_text(yaml.safe_dump(admin_then_public(jwks[1], "http://127.0.0.1:9")))
