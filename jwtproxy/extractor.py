@@ -11,6 +11,8 @@ from .config import TokenSource
 from .errors import InvalidRequest, Malformed
 
 JWS_SHAPE: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+# `bearer` at the start or after a separator no base64/token68 credential contains
+LOOSE_BEARER: Final = re.compile(r"(?:^|[\s,;])bearer", re.IGNORECASE)
 
 
 class Headers(Protocol):
@@ -84,12 +86,13 @@ def _query_values(query: str, name: str) -> list[str]:
 
 
 def _bearer(value: str, bare_ok: bool) -> str | None:
-    """`Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1). Another scheme means
+    r"""`Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1). Another scheme means
     no bearer token; a bare value (custom headers) is taken as the token itself.
 
     A value a looser parser would still read as a bearer token (`Bearer\t<t>`,
-    `Bearer,<t>`, a bare JWS in Authorization) is malformed, never "no token": on an
-    optional route it would reach the upstream unverified (RFC 6750 §2.1 syntax)."""
+    `Bearer,<t>`, `Basic x, Bearer <t>`, a bare JWS in Authorization) is malformed, never
+    "no token": on an optional route it would reach the upstream unverified (RFC 6750
+    §2.1 syntax)."""
     text = value.strip()
     scheme, _, rest = text.partition(" ")
     if scheme.lower() == "bearer":
@@ -99,8 +102,8 @@ def _bearer(value: str, bare_ok: bool) -> str | None:
         if " " in token or "\t" in token:
             raise Malformed("bearer token must be one token68 value")
         return token
-    if text[:6].lower() == "bearer":
-        raise Malformed("the bearer scheme must be followed by one space and the token")
+    if LOOSE_BEARER.search(text):  # `Bearerx <t>`, `Bearer\t<t>`, `Basic x, Bearer <t>`
+        raise Malformed("the bearer scheme must come first, then one space and the token")
     if rest:
         return None  # another scheme (Basic, DPoP, ...)
     if bare_ok:

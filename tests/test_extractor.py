@@ -52,6 +52,8 @@ def test_bearer_without_one_token_is_malformed(value: str) -> None:
 @pytest.mark.parametrize("value", [
     f"Bearer\t{TOKEN}", f"Bearer,{TOKEN}", f"Bearer:{TOKEN}", f"bearer\xa0{TOKEN}",
     f"Bearerx {TOKEN}", f"BEARER{TOKEN}", TOKEN, f"  {TOKEN}  ",
+    f"Basic dXNlcjpwYXNz, Bearer {TOKEN}", f"Basic dXNlcjpwYXNz Bearer {TOKEN}",
+    f"DPoP {TOKEN};bearer={TOKEN}",
 ])
 def test_a_value_a_loose_parser_reads_as_bearer_is_malformed(value: str) -> None:
     """Issue 16: these used to count as "no token", so an optional route forwarded them

@@ -132,7 +132,8 @@ async def test_an_encoded_query_name_counts_as_a_second_token(
 
 
 @pytest.mark.parametrize("mode", ["optional", "required"])
-@pytest.mark.parametrize("shape", ["Bearer\t{}", "Bearer,{}", "Bearer:{}", "Bearerx {}", "{}"])
+@pytest.mark.parametrize("shape", ["Bearer\t{}", "Bearer,{}", "Bearer:{}", "Bearerx {}", "{}",
+                                   "Basic dXNlcjpwYXNz, Bearer {}"])
 async def test_an_unparseable_bearer_value_is_malformed_in_every_mode(
     make_proxy: ProxyFactory, jwks: Jwks, raw_upstream: RawUpstream, keys: KeyRing,
     mode: str, shape: str
