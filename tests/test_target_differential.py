@@ -1,7 +1,8 @@
 """Differential test of request targets (issue 16): for a generated table of hostile
 targets, the route the proxy decides on must equal the route that the target the upstream
-receives maps to under independent URL parsers (Python's urllib.parse, yarl, Node's WHATWG
-URL, and a servlet-style model that drops `;params`), or the proxy refuses the target.
+receives maps to under independent URL parsers (Python's urllib.parse, a WSGI/ASGI server
+that decodes but leaves dot segments to the router, yarl, Node's WHATWG URL, and a
+servlet-style model that drops `;params`), or the proxy refuses the target.
 
 Every route is public and has its own raw-socket upstream, so which upstream a request
 reaches is the route the proxy chose; what that upstream read off the wire is the target.
@@ -111,6 +112,12 @@ def urllib_model(target: str) -> str | None:
     return route_of(remove_dot_segments(decode(urlsplit(target).path)))
 
 
+def wsgi_model(target: str) -> str | None:
+    """WSGI/ASGI servers (gunicorn, uvicorn) hand Flask, Django or Starlette the decoded
+    path with its dot segments unresolved: `/admin/../x` is under `/admin` to a router."""
+    return route_of(decode(urlsplit(target).path))
+
+
 def yarl_model(target: str) -> str | None:
     """aiohttp's request.path: yarl splits off query and fragment and decodes."""
     return route_of(remove_dot_segments(URL(target).path))
@@ -148,6 +155,7 @@ def test_the_models_disagree_where_the_review_found_bypasses() -> None:
     assert servlet_model("/admin;x=1") == "admin"
     assert servlet_model("/public/..;/admin") == "admin"
     assert urllib_model("/admin;x=1") == "root"
+    assert wsgi_model("/admin/%2e%2e/public") == "admin"
 
 
 # -- the proxy under test -----------------------------------------------------------------
@@ -247,7 +255,8 @@ async def test_the_proxy_routes_every_target_as_every_upstream_parser_would(
     assert len(forwarded) > len(table) // 4  # most of the table is still served
     received = [r.received or "" for r in forwarded]
     models: list[tuple[str, Callable[[str], str | None]]] = [
-        ("urllib", urllib_model), ("yarl", yarl_model), ("servlet", servlet_model)]
+        ("urllib", urllib_model), ("wsgi", wsgi_model), ("yarl", yarl_model),
+        ("servlet", servlet_model)]
     whatwg = dict(zip(received, whatwg_paths(node, received), strict=True)) if node else {}
     mismatches: list[Any] = []
     for routed, target in zip(forwarded, received, strict=True):
@@ -262,12 +271,14 @@ async def test_the_proxy_routes_every_target_as_every_upstream_parser_would(
     assert mismatches == [], f"{len(mismatches)} of {len(forwarded)}: {mismatches[:20]}"
 
 
+@pytest.mark.parametrize("rewrites_path", [True, False], ids=["proxy-door", "forward-auth"])
 async def test_the_gate_routes_every_target_as_every_upstream_parser_would(
-    node: str | None,
+    node: str | None, rewrites_path: bool,
 ) -> None:
     """The same table through `Gate.decide` alone, as a door that has no HTTP parser in
-    front (explain, and doors fed by another proxy) sees it: targets llhttp would refuse
-    (raw unicode, `\\`, absolute-form) included."""
+    front (explain, forward-auth, Lambda) sees it: targets llhttp would refuse (raw
+    unicode, `\\`, absolute-form) included. A door that cannot rewrite the path
+    (forward-auth: the gateway sends the client's target on) is held to the raw target."""
     config = load_text(yaml.safe_dump({"routes": [
         {"name": name, "match": {("path" if kind == "path" else "path_prefix"): path},
          "upstream": "http://127.0.0.1:9", "auth": "none"}
@@ -278,9 +289,11 @@ async def test_the_gate_routes_every_target_as_every_upstream_parser_would(
     for target in targets():
         raw_path, sep, query = target.partition("?")
         decision = await gate.decide(RequestView("GET", "a", raw_path, query,
-                                                 CIMultiDictProxy(CIMultiDict(Host="a"))))
+                                                 CIMultiDictProxy(CIMultiDict(Host="a")),
+                                                 rewrites_path))
         if decision.allowed:
             assert decision.route is not None
+            assert rewrites_path or decision.upstream_path == raw_path, target
             forwarded.append((target, decision.upstream_path + sep + query,
                               decision.route.route.name))
         else:
@@ -290,7 +303,8 @@ async def test_the_gate_routes_every_target_as_every_upstream_parser_would(
     mismatches = []
     for target, upstream_target, route in forwarded:
         views = [(name, model(upstream_target)) for name, model in
-                 (("urllib", urllib_model), ("yarl", yarl_model), ("servlet", servlet_model))]
+                 (("urllib", urllib_model), ("wsgi", wsgi_model), ("yarl", yarl_model),
+                  ("servlet", servlet_model))]
         path = whatwg.get(upstream_target)
         if path is not None:
             views.append(("whatwg", route_of(remove_dot_segments(decode(path)))))
