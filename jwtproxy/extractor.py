@@ -70,17 +70,23 @@ class TokenExtractor:
         return None
 
 
+def query_name(key: str) -> str:
+    """A query parameter name as an upstream may read it: decoded (`access%5Ftoken` is
+    `access_token`) and case-folded (ASP.NET reads names case-insensitively). Parameters
+    are split on `;` as well as `&` (older Rack, CGI). `CredentialStrip` reads them so too."""
+    return unquote_plus(key, errors="replace").lower()
+
+
 def _query_values(query: str, name: str) -> list[str]:
-    """The values of parameter `name`, names compared as an upstream may read them:
-    decoded (`access%5Ftoken` is `access_token`), case-insensitively (ASP.NET), and with
-    `;` as a separator too (older Rack, CGI), so no copy escapes the one-place rule."""
+    """The values of parameter `name`, read as `query_name` says, so that no copy an
+    upstream would take escapes the one-place rule."""
     wanted = name.lower()
     if wanted not in query.lower() and "%" not in query:
         return []
     values: list[str] = []
     for part in query.replace(";", "&").split("&"):
         key, _, value = part.partition("=")
-        if unquote_plus(key, errors="replace").lower() == wanted:
+        if query_name(key) == wanted:
             values.append(unquote_plus(value, errors="replace"))
     return values
 

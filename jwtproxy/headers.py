@@ -15,11 +15,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Final
-from urllib.parse import unquote_plus
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import HOP_BY_HOP, PROXY_SET_HEADERS, Route, TokenSource
+from .extractor import query_name
 
 REQUEST_ONLY_DROPPED: Final = PROXY_SET_HEADERS | {"expect"}
 RESPONSE_DROPPED_RAW: Final = frozenset(
@@ -206,7 +206,7 @@ class CredentialStrip:
     def __init__(self, sources: Sequence[TokenSource]) -> None:
         self.headers = frozenset(normalized_name(s.name) for s in sources if s.kind == "header")
         self.cookies = frozenset(s.name for s in sources if s.kind == "cookie")
-        self.params = frozenset(s.name for s in sources if s.kind == "query")
+        self.params = frozenset(query_name(s.name) for s in sources if s.kind == "query")
 
     def strip_headers(self, out: CIMultiDict[str]) -> None:
         for name in [name for name in out if normalized_name(name) in self.headers]:
@@ -239,12 +239,17 @@ class CredentialStrip:
         return ";".join(parts).lstrip()
 
     def strip_query(self, query: str) -> str:
-        """The query without the named parameters; names compared decoded, as the
-        extractor's `parse_qs` reads them (`access%5Ftoken` is `access_token`)."""
+        """The query without the named parameters, read as the extractor reads them
+        (`extractor.query_name`: `access%5Ftoken`, `ACCESS_TOKEN`, and after a `;`)."""
         if not self.params or not query:
             return query
-        return "&".join(part for part in query.split("&")
-                        if unquote_plus(part.partition("=")[0]) not in self.params)
+        kept: list[str] = []
+        for part in query.split("&"):
+            pieces = [piece for piece in part.split(";")
+                      if query_name(piece.partition("=")[0]) not in self.params]
+            if pieces:
+                kept.append(";".join(pieces))
+        return "&".join(kept)
 
 
 def _response_dropped(raw: list[tuple[bytes, bytes]]) -> frozenset[bytes]:

@@ -201,3 +201,20 @@ async def test_a_list_claim_with_a_comma_in_a_member_is_not_sent(
         assert [a.status for a in client.answers] == [200]
         sent.append(raw_upstream.requests[-1].header_all("X-Auth-Groups"))
     assert sent == [[], ["viewer,admin"], []]
+
+
+@pytest.mark.parametrize("query", ["ACCESS_TOKEN={}", "a=1;access_token={}", "access%5Ftoken={}&b"])
+async def test_strip_removes_every_spelling_the_extractor_takes_as_the_token(
+    make_proxy: ProxyFactory, jwks: Jwks, raw_upstream: RawUpstream, keys: KeyRing, query: str
+) -> None:
+    """What the extractor verifies as the token, `forward.authorization: strip` removes."""
+    config = base_config(jwks[1], raw_upstream.url,
+                         tokens=[{"header": "Authorization"}, {"query": "access_token"}])
+    config["routes"][1]["forward"]["authorization"] = "strip"
+    proxy = await make_proxy(config)
+    token = good_token(keys)
+    client = await exchange(proxy.client.port, request(f"/orders/1?{query.format(token)}",
+                                                       "Host: a"))
+    assert [a.status for a in client.answers] == [200]
+    (seen,) = raw_upstream.requests
+    assert token not in seen.target and seen.target.startswith("/orders/1")

@@ -37,6 +37,7 @@ SAME_LAYER: Final = {
     ("loader", "config"),                 # load_text returns a `Config`
     ("loader", "validation"),             # plain values from YAML, then every check
     ("algorithms", "jwks"),               # key_fits reads a key's kty, crv, alg, use, key_ops
+    ("headers", "extractor"),             # strip reads query names as the extractor does
     ("explain", "app"),                   # prints the very error body the proxy would send
     ("explain", "explain_text"),          # the words and the rendering of the report
     ("explain", "forward_auth"),          # --forward-auth: the door's reconstruction, answer
