@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import Protocol
-from urllib.parse import parse_qs
+from typing import Final, Protocol
+from urllib.parse import unquote_plus
 
 from .config import TokenSource
 from .errors import InvalidRequest, Malformed
+
+JWS_SHAPE: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+# `bearer` at the start or after a separator no base64/token68 credential contains
+LOOSE_BEARER: Final = re.compile(r"(?:^|[\s,;])bearer", re.IGNORECASE)
 
 
 class Headers(Protocol):
@@ -57,28 +62,61 @@ class TokenExtractor:
             return _bearer(values[0], bare_ok=source.name.lower() != "authorization")
         if source.kind == "cookie":
             return _cookie(headers.getall("Cookie", []), source.name)
-        if query and source.name in query:
-            values = parse_qs(query, keep_blank_values=True).get(source.name, [])
+        if query:
+            values = _query_values(query, source.name)
             if len(values) > 1:
                 raise InvalidRequest(f"more than one {source.name} query parameter")
             return values[0] or None if values else None
         return None
 
 
+def query_name(key: str) -> str:
+    """A query parameter name as an upstream may read it: decoded (`access%5Ftoken` is
+    `access_token`) and case-folded (ASP.NET reads names case-insensitively). Parameters
+    are split on `;` as well as `&` (older Rack, CGI). `CredentialStrip` reads them so too."""
+    return unquote_plus(key, errors="replace").lower()
+
+
+def _query_values(query: str, name: str) -> list[str]:
+    """The values of parameter `name`, read as `query_name` says, so that no copy an
+    upstream would take escapes the one-place rule."""
+    wanted = name.lower()
+    if wanted not in query.lower() and "%" not in query:
+        return []
+    values: list[str] = []
+    for part in query.replace(";", "&").split("&"):
+        key, _, value = part.partition("=")
+        if query_name(key) == wanted:
+            values.append(unquote_plus(value, errors="replace"))
+    return values
+
+
 def _bearer(value: str, bare_ok: bool) -> str | None:
-    """`Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1). Another scheme means
-    no bearer token; a bare value (custom headers) is taken as the token itself."""
-    scheme, _, rest = value.strip().partition(" ")
-    if not rest:
-        if scheme.lower() == "bearer":
+    r"""`Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1). Another scheme means
+    no bearer token; a bare value (custom headers) is taken as the token itself.
+
+    A value a looser parser would still read as a bearer token (`Bearer\t<t>`,
+    `Bearer,<t>`, `Basic x, Bearer <t>`, a bare JWS in Authorization) is malformed, never
+    "no token": on an optional route it would reach the upstream unverified (RFC 6750
+    §2.1 syntax)."""
+    text = value.strip()
+    scheme, _, rest = text.partition(" ")
+    if scheme.lower() == "bearer":
+        token = rest.strip()
+        if not token:
             raise Malformed("empty bearer token")
-        return scheme if bare_ok and scheme else None
-    if scheme.lower() != "bearer":
-        return None
-    token = rest.strip()
-    if not token or " " in token or "\t" in token:
-        raise Malformed("bearer token must be one token68 value")
-    return token
+        if " " in token or "\t" in token:
+            raise Malformed("bearer token must be one token68 value")
+        return token
+    if LOOSE_BEARER.search(text):  # `Bearerx <t>`, `Bearer\t<t>`, `Basic x, Bearer <t>`
+        raise Malformed("the bearer scheme must come first, then one space and the token")
+    if rest:
+        return None  # another scheme (Basic, DPoP, ...)
+    if bare_ok:
+        return scheme or None
+    if JWS_SHAPE.fullmatch(scheme):
+        raise Malformed("a token in Authorization needs the Bearer scheme")
+    return None
 
 
 def _cookie(cookie_headers: list[str], name: str) -> str | None:

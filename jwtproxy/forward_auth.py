@@ -52,7 +52,7 @@ class Original:
 
     def view(self, headers: CIMultiDictProxy[str]) -> RequestView:
         path, _, query = self.target.partition("?")
-        return RequestView(self.method, self.host, path, query, headers)
+        return RequestView(self.method, self.host, path, query, headers, rewrites_path=False)
 
 
 def _single(headers: CIMultiDictProxy[str], name: str) -> str | None:

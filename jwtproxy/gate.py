@@ -25,20 +25,25 @@ from .errors import (
 )
 from .extractor import TokenExtractor
 from .headers import HeaderPlan, TrustedProxies
-from .matcher import RouteTable, normalize_path
+from .matcher import RouteTable, normalize_path, target_refusal
 from .verifier import Step, Trace, Verifier
 
-PATH_SAFE: Final = "/:@!$&'()*+,;=~"
+PATH_SAFE: Final = "/:@!$&'()*+,=~"  # no `;`: a decoded `%3B` must not become a parameter
 AUTH_ERRORS: Final = (InvalidToken, Forbidden, KeysUnavailable)
 
 
 @dataclass(frozen=True, slots=True)
 class RequestView:
+    """The request a door asks about. `rewrites_path`: the door forwards the path it was
+    matched on (the proxy door); a door that cannot (forward-auth: the gateway sends the
+    client's target on) gets a path that normalising would change refused instead."""
+
     method: str
     host: str
     raw_path: str
     query_string: str
     headers: CIMultiDictProxy[str]
+    rewrites_path: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +93,17 @@ class Gate:
 
     async def decide(self, view: RequestView, trace: bool = False) -> Decision:
         steps: Trace | None = [] if trace else None
-        if not view.raw_path.startswith("/"):
-            _note(steps, "request", False, f"request target {view.raw_path[:80]!r} is not a path")
-            return Decision(None, InvalidRequest("request target must be an absolute path"),
-                            steps=steps)
+        refusal = target_refusal(view.raw_path, view.query_string)
+        if refusal is not None:
+            _note(steps, "request", False, f"request target {view.raw_path[:80]!r}: {refusal}")
+            return Decision(None, InvalidRequest(refusal), steps=steps)
         normalized = normalize_path(view.raw_path)
+        if normalized.changed and not view.rewrites_path:
+            # the upstream would get the path as sent (`/admin/%2e%2e/public` to a router
+            # that does not resolve it) while the route was chosen for the normalised one
+            detail = "path must be sent normalised: this door cannot forward the matched one"
+            _note(steps, "request", False, f"request target {view.raw_path[:80]!r}: {detail}")
+            return Decision(None, InvalidRequest(detail), steps=steps)
         route = self.table.match(view.method, view.host, normalized.path)
         if steps is not None:
             steps.append(Step("route", route is not None,

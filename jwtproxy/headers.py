@@ -15,11 +15,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Final
-from urllib.parse import unquote_plus
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import HOP_BY_HOP, PROXY_SET_HEADERS, Route, TokenSource
+from .extractor import query_name
 
 REQUEST_ONLY_DROPPED: Final = PROXY_SET_HEADERS | {"expect"}
 RESPONSE_DROPPED_RAW: Final = frozenset(
@@ -35,13 +35,14 @@ def normalized_name(name: str) -> str:
 
 def claim_header_value(value: Any) -> str | None:
     """Only primitives become headers: lists joined with ",", objects as compact JSON.
-    Values with control characters are refused (header injection)."""
+    Values with control characters are refused (header injection), and so is a list
+    with a member that a list parser would not read back as itself (see `_list_member`)."""
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, str | int | float):
         text = str(value)
     elif isinstance(value, list):
-        parts = [claim_header_value(item) for item in value]
+        parts = [_list_member(item) for item in value]
         if any(part is None for part in parts):
             return None  # dropping one member would change what the list says
         text = ",".join(part for part in parts if part is not None)
@@ -51,6 +52,19 @@ def claim_header_value(value: Any) -> str | None:
         return None
     if UNSENDABLE.search(text):
         return None  # control characters split headers; lone surrogates cannot be encoded
+    return text
+
+
+def _list_member(value: Any) -> str | None:
+    """One member of a joined list, or None when it would not survive the split: a `,`
+    (`["viewer,admin"]` would read as `["viewer", "admin"]`), a `"` (RFC 9110 §5.6.1
+    quoted elements), surrounding whitespace (OWS, stripped on reading), an empty
+    member, or a nested list or object."""
+    if isinstance(value, list | dict):
+        return None
+    text = claim_header_value(value)
+    if not text or text != text.strip() or "," in text or '"' in text:
+        return None
     return text
 
 
@@ -192,7 +206,7 @@ class CredentialStrip:
     def __init__(self, sources: Sequence[TokenSource]) -> None:
         self.headers = frozenset(normalized_name(s.name) for s in sources if s.kind == "header")
         self.cookies = frozenset(s.name for s in sources if s.kind == "cookie")
-        self.params = frozenset(s.name for s in sources if s.kind == "query")
+        self.params = frozenset(query_name(s.name) for s in sources if s.kind == "query")
 
     def strip_headers(self, out: CIMultiDict[str]) -> None:
         for name in [name for name in out if normalized_name(name) in self.headers]:
@@ -225,12 +239,17 @@ class CredentialStrip:
         return ";".join(parts).lstrip()
 
     def strip_query(self, query: str) -> str:
-        """The query without the named parameters; names compared decoded, as the
-        extractor's `parse_qs` reads them (`access%5Ftoken` is `access_token`)."""
+        """The query without the named parameters, read as the extractor reads them
+        (`extractor.query_name`: `access%5Ftoken`, `ACCESS_TOKEN`, and after a `;`)."""
         if not self.params or not query:
             return query
-        return "&".join(part for part in query.split("&")
-                        if unquote_plus(part.partition("=")[0]) not in self.params)
+        kept: list[str] = []
+        for part in query.split("&"):
+            pieces = [piece for piece in part.split(";")
+                      if query_name(piece.partition("=")[0]) not in self.params]
+            if pieces:
+                kept.append(";".join(pieces))
+        return "&".join(kept)
 
 
 def _response_dropped(raw: list[tuple[bytes, bytes]]) -> frozenset[bytes]:

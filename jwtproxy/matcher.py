@@ -28,6 +28,22 @@ class NormalizedPath:
     changed: bool
 
 
+def target_refusal(raw_path: str, query: str) -> str | None:
+    """Why a request target is refused (400), or None. A `#` has no place in an origin-form
+    target (RFC 9112 §3.2): upstream parsers drop what follows it, so the proxy would match
+    one path and the upstream serve another."""
+    if not raw_path.startswith("/"):
+        return "request target must be an absolute path"
+    if "#" in raw_path or "#" in query:
+        return "request target must not contain a fragment (#)"
+    # Servlet containers (Tomcat, Jetty, Spring) drop `;params` from each segment before
+    # routing, so `/admin;x` is `/admin` to them and another path to every other parser;
+    # `%3B` is refused too, as some decode before they strip.
+    if ";" in raw_path or ("%" in raw_path and "%3b" in raw_path.lower()):
+        return "path parameters (;) are not accepted in the request target"
+    return None
+
+
 def normalize_path(raw_path: str) -> NormalizedPath:
     """Percent-decode once, turn `\\` into `/`, merge `//`, and remove dot segments
     (RFC 3986 §5.2.4), so that a route sees the path the upstream will act on."""
@@ -40,7 +56,8 @@ def normalize_path(raw_path: str) -> NormalizedPath:
     segments = decoded.split("/")
     out: list[str] = []
     for segment in segments[1:]:
-        # `..;x` is `..` to Tomcat and Jetty (path parameters): treat it as one here too
+        # `..;x` is `..` to Tomcat and Jetty (path parameters); the gate refuses every `;`
+        # before matching, this is for callers of this function alone
         dots = segment.split(";", 1)[0]
         if dots == "..":
             if out:

@@ -68,6 +68,14 @@ class _Rejection:
         return err
 
 
+class _Refused(Exception):
+    """Every candidate issuer refused; the first error is the answer."""
+
+    def __init__(self, errors: list[JwtProxyError]) -> None:
+        super().__init__(errors[0].description)
+        self.errors = errors
+
+
 @dataclass(frozen=True, slots=True)
 class Verified:
     """A token whose signature and claims passed for `issuer` (a config name)."""
@@ -151,14 +159,25 @@ class Verifier:
                 return Verified(cached.issuer, cached.claims, cached.key, cache_hit=True)
         try:
             verified = await self._verify_uncached(token, allowed, trace)
-        except JwtProxyError as err:
-            err.cache_hit = False
-            if isinstance(err, LASTING_REJECTIONS):
-                self.rejected[(digest, allowed)] = _Rejection(
-                    type(err), err.description, err.issuer, self._key_sets(allowed))
+        except _Refused as refused:
+            self._remember(digest, allowed, refused.errors)
+            raise refused.errors[0] from None
+        except JwtProxyError as err:  # before any issuer was tried: parse, no such issuer
+            self._remember(digest, allowed, [err])
             raise
         self.cache[digest] = verified
         return verified
+
+    def _remember(
+        self, digest: bytes, allowed: tuple[str, ...], errors: list[JwtProxyError]
+    ) -> None:
+        """Remember a refusal only when every candidate issuer's reason is lasting: one
+        issuer's `typ` error must not hide another's "not valid yet" (issue 16)."""
+        first = errors[0]
+        first.cache_hit = False
+        if all(isinstance(err, LASTING_REJECTIONS) for err in errors):
+            self.rejected[(digest, allowed)] = _Rejection(
+                type(first), first.description, first.issuer, self._key_sets(allowed))
 
     def _key_sets(self, allowed: tuple[str, ...]) -> tuple[KeySet | None, ...]:
         """The route's issuers' current key sets (tuples compare items by identity first,
@@ -173,7 +192,7 @@ class Verifier:
             header = parsed.header
             trace.append(Step("structure", True, f"alg={header['alg']} kid={header.get('kid')} "
                               f"typ={header.get('typ')}"))
-        first_error: JwtProxyError | None = None
+        errors: list[JwtProxyError] = []
         for issuer in self.choose_issuers(parsed.claims["iss"], allowed):
             if trace is not None:
                 trace.append(Step("issuer", True, f"iss {issuer.issuer} -> issuer {issuer.name}"))
@@ -181,9 +200,8 @@ class Verifier:
                 return await self._verify_for(parsed, issuer, trace)
             except JwtProxyError as err:
                 err.issuer = issuer.name
-                first_error = first_error or err
-        assert first_error is not None
-        raise first_error
+                errors.append(err)
+        raise _Refused(errors)
 
     async def _verify_for(
         self, parsed: ParsedToken, issuer: Issuer, trace: Trace | None

@@ -35,8 +35,7 @@ def extract(pairs: list[tuple[str, str]], query: str = "",
     ("Basic dXNlcjpwYXNz", None),
     (f"Digest {TOKEN}", None),
     (f"DPoP {TOKEN}", None),
-    (f"Bearerx {TOKEN}", None),
-    (TOKEN, None),  # no scheme: not a bearer token in Authorization
+    ("Negotiate", None),  # a scheme alone
     ("", None),
 ])
 def test_authorization_header(value: str, token: str | None) -> None:
@@ -48,6 +47,20 @@ def test_authorization_header(value: str, token: str | None) -> None:
 def test_bearer_without_one_token_is_malformed(value: str) -> None:
     with pytest.raises(Malformed):
         extract([("Authorization", value)])
+
+
+@pytest.mark.parametrize("value", [
+    f"Bearer\t{TOKEN}", f"Bearer,{TOKEN}", f"Bearer:{TOKEN}", f"bearer\xa0{TOKEN}",
+    f"Bearerx {TOKEN}", f"BEARER{TOKEN}", TOKEN, f"  {TOKEN}  ",
+    f"Basic dXNlcjpwYXNz, Bearer {TOKEN}", f"Basic dXNlcjpwYXNz Bearer {TOKEN}",
+    f"DPoP {TOKEN};bearer={TOKEN}",
+])
+def test_a_value_a_loose_parser_reads_as_bearer_is_malformed(value: str) -> None:
+    """Issue 16: these used to count as "no token", so an optional route forwarded them
+    unverified to an upstream that may split the header more loosely than we do."""
+    for sources in ((HEADER,), (HEADER, COOKIE)):
+        with pytest.raises(Malformed):
+            extract([("Authorization", value)], sources=sources)
 
 
 def test_header_name_is_case_insensitive() -> None:
@@ -127,6 +140,27 @@ def test_query_source(query: str, token: str | None) -> None:
 def test_duplicate_query_parameter_is_ambiguous() -> None:
     with pytest.raises(InvalidRequest, match="more than one access_token query parameter"):
         extract([], f"access_token={TOKEN}&access_token={TOKEN}", sources=(QUERY,))
+
+
+@pytest.mark.parametrize("name", [
+    "access%5Ftoken", "access%5ftoken", "%61ccess_token", "%61%63%63%65%73%73%5F%74%6F%6B%65%6E",
+    "ACCESS_TOKEN", "Access%5FToken",
+])
+def test_query_names_are_compared_decoded(name: str) -> None:
+    """Issue 16: `?access%5Ftoken=` escaped the one-place rule (a raw substring test)."""
+    assert extract([], f"{name}={TOKEN}", sources=(QUERY,)) == TOKEN
+    with pytest.raises(InvalidRequest, match="more than one place"):
+        extract([("Authorization", f"Bearer {TOKEN}")], f"{name}=forged",
+                sources=(HEADER, QUERY))
+    with pytest.raises(InvalidRequest, match="more than one access_token query parameter"):
+        extract([], f"access_token={TOKEN}&{name}=forged", sources=(QUERY,))
+
+
+def test_a_semicolon_separates_query_parameters_too() -> None:
+    with pytest.raises(InvalidRequest, match="more than one place"):
+        extract([("Authorization", f"Bearer {TOKEN}")], "a=1;access_token=forged",
+                sources=(HEADER, QUERY))
+    assert extract([], f"a=1;access_token={TOKEN}", sources=(QUERY,)) == TOKEN
 
 
 def test_query_ignored_unless_configured() -> None:

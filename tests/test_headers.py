@@ -125,6 +125,16 @@ def test_no_claims_no_injection() -> None:
     (["ok", "bad\nvalue"], None),  # not silently shortened to "ok"
     (["ok", None], None),
     ("\ud800", None),
+    ("Doe, John", "Doe, John"),  # a string is one value, commas and all
+    # a list member must read back as itself after a split on "," (issue 16)
+    (["viewer,admin"], None),
+    (["viewer", "a,b"], None),
+    (['"viewer', 'admin"'], None),
+    ([" admin"], None),
+    (["admin "], None),
+    ([""], None),
+    (["a", ["b", "c"]], None),
+    ([{"a": 1}], None),
 ])
 def test_claim_header_value(value: Any, text: str | None) -> None:
     assert claim_header_value(value) == text
@@ -229,6 +239,11 @@ def test_strip_removes_header_sources_under_any_spelling() -> None:
     ("access_token", ""),
     ("access_tokens=1&x_access_token=2", "access_tokens=1&x_access_token=2"),
     ("", ""),
+    # issue 16: every spelling the extractor takes as the token
+    ("ACCESS_TOKEN=t&a=1", "a=1"),
+    ("a=1;access_token=t;b=2&c=3", "a=1;b=2&c=3"),
+    ("access_token=t;a=b", "a=b"),
+    ("x=a;b&y=1", "x=a;b&y=1"),  # kept byte for byte when nothing goes
 ])
 def test_strip_removes_the_named_query_parameter_and_keeps_the_rest_in_order(
     query: str, kept: str

@@ -630,7 +630,7 @@ async def test_path_tricks_with_a_token_reach_the_path_that_was_authorized(
 ) -> None:
     proxy, upstream = hostile
     auth = f"Authorization: Bearer {good_token(keys)}"
-    for path in ("/public/..%2forders/1", "/public/%2E%2E/orders/1", "/public/..;/orders/1"):
+    for path in ("/public/..%2forders/1", "/public/%2E%2E/orders/1", "/public/%2e%2e%2forders/1"):
         client = await exchange(proxy.client.port, request(path, "Host: a", auth))
         assert [a.status for a in client.answers] == [200], path
         assert reference_path(upstream.requests[-1].target) == "/orders/1"

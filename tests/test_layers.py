@@ -43,6 +43,7 @@ SAME_LAYER: Final = {
     ("algorithms", "jwks"),               # key_fits reads a key's kty, crv, alg, use, key_ops
     ("aws_lambda", "lambda_events"),      # the Lambda door: events, then the answer
     ("aws_lambda", "lambda_policy"),      # ... written as a policy or a simple response
+    ("headers", "extractor"),             # strip reads query names as the extractor does
     ("explain", "app"),                   # prints the very error body the proxy would send
     ("explain", "explain_text"),          # the words and the rendering of the report
     ("explain", "forward_auth"),          # --forward-auth: the door's reconstruction, answer

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from jwtproxy.config import Issuer
-from jwtproxy.errors import BadSignature, Expired, NotYetValid, UnknownKid
+from jwtproxy.errors import BadSignature, Expired, NotYetValid, UnknownKid, WrongTyp
 from jwtproxy.jwks import KeySet, KeyStore, parse_jwks
 from jwtproxy.verifier import Verifier
 from tests.conftest import AUDIENCE, ISSUER, ProxyFactory, base_config
@@ -261,3 +261,36 @@ async def test_lasting_refusals_are_remembered_until_the_keys_change(keys: KeyRi
         with pytest.raises(NotYetValid):
             await verifier.verify(early, ("main",))
     assert len(verifier.rejected) == 1
+
+
+async def test_a_refusal_is_remembered_only_when_every_issuer_refused_for_good(
+    keys: KeyRing,
+) -> None:
+    """Issue 16: two issuers with one iss, `strict` (typ at+jwt) before `loose`; a `typ:
+    JWT` token not valid for 4 s more was refused at t=0 and, because `strict`'s lasting
+    typ error was remembered, still at t=7 although `loose` accepts it by then."""
+    clock = Clock()
+    key_set, _ = parse_jwks(json.dumps(keys.jwks()).encode())
+    strict = Issuer(name="strict", issuer=ISSUER, audiences=(AUDIENCE,), leeway=0,
+                    algorithms=("RS256",), typ="at+jwt")
+    loose = Issuer(name="loose", issuer=ISSUER, audiences=(AUDIENCE,), leeway=0,
+                   algorithms=("RS256",))
+    verifier = Verifier({"strict": strict, "loose": loose},
+                        {"strict": static_store(key_set), "loose": static_store(key_set)},
+                        wall_clock=clock)
+    route = ("strict", "loose")
+    token = mint(keys.rsa, claims(nbf=int(clock.now) + 4, iat=int(clock.now) - 1,
+                                  exp=int(clock.now) + 300))
+    with pytest.raises(WrongTyp):
+        await verifier.verify(token, route)
+    assert len(verifier.rejected) == 0
+    clock.now += 7
+    assert (await verifier.verify(token, route)).issuer == "loose"
+    # both refuse for good (typ, then audience): remembered
+    other = mint(keys.rsa, claims(aud="api://other"))
+    with pytest.raises(WrongTyp):
+        await verifier.verify(other, route)
+    assert len(verifier.rejected) == 1
+    with pytest.raises(WrongTyp) as again:
+        await verifier.verify(other, route)
+    assert again.value.cache_hit is True
