@@ -47,6 +47,13 @@ class TokenExtractor:
             raise Malformed(f"token larger than {self.max_token_bytes} bytes")
         return found
 
+    def presented_as_dpop(self, headers: Headers) -> bool:
+        """Whether the token came as `Authorization: DPoP` (call after `extract`)."""
+        if self.check_authorization:
+            return False  # Authorization is not a token source
+        values = headers.getall("Authorization", [])
+        return len(values) == 1 and values[0].strip()[:5].lower() == "dpop "
+
     def _from_source(self, source: TokenSource, headers: Headers, query: str) -> str | None:
         if source.kind == "header":
             values = headers.getall(source.name, [])
@@ -54,7 +61,8 @@ class TokenExtractor:
                 raise InvalidRequest(f"more than one {source.name} header")
             if not values:
                 return None
-            return _bearer(values[0], bare_ok=source.name.lower() != "authorization")
+            authorization = source.name.lower() == "authorization"
+            return _bearer(values[0], bare_ok=not authorization, dpop_ok=authorization)
         if source.kind == "cookie":
             return _cookie(headers.getall("Cookie", []), source.name)
         if query and source.name in query:
@@ -65,15 +73,17 @@ class TokenExtractor:
         return None
 
 
-def _bearer(value: str, bare_ok: bool) -> str | None:
-    """`Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1). Another scheme means
-    no bearer token; a bare value (custom headers) is taken as the token itself."""
+def _bearer(value: str, bare_ok: bool, dpop_ok: bool = False) -> str | None:
+    """`Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1), or `DPoP <token>` in
+    Authorization (RFC 9449 §7.1). Another scheme means no bearer token; a bare value
+    (custom headers) is taken as the token itself."""
     scheme, _, rest = value.strip().partition(" ")
+    schemes = ("bearer", "dpop") if dpop_ok else ("bearer",)
     if not rest:
-        if scheme.lower() == "bearer":
+        if scheme.lower() in schemes:
             raise Malformed("empty bearer token")
         return scheme if bare_ok and scheme else None
-    if scheme.lower() != "bearer":
+    if scheme.lower() not in schemes:
         return None
     token = rest.strip()
     if not token or " " in token or "\t" in token:

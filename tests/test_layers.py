@@ -19,8 +19,8 @@ LAYERS: Final = {
     "__init__": 0, "errors": 0,
     "config": 1, "fields": 1, "issuer_validation": 1, "validation": 1, "loader": 1,
     "matcher": 2, "extractor": 2, "authorizer": 2, "headers": 2, "metrics": 2, "log": 2,
-    "jwks": 2, "pool": 2, "jws": 2, "algorithms": 2, "expiring": 2,
-    "verifier": 3, "mint": 3,  # mint: the verifier's inverse, for `jwtproxy token`
+    "jwks": 2, "pool": 2, "jws": 2, "algorithms": 2, "expiring": 2, "resource_metadata": 2,
+    "verifier": 3, "dpop": 3, "mint": 3,  # mint: the verifier's inverse, for `jwtproxy token`
     "gate": 4, "forwarder": 4,
     "app": 5, "forward_auth": 5, "explain": 5, "explain_text": 5, "serve": 5,
     "cli": 6, "demo": 6, "supervisor": 6, "healthcheck": 6, "__main__": 6,
@@ -37,6 +37,7 @@ SAME_LAYER: Final = {
     ("loader", "config"),                 # load_text returns a `Config`
     ("loader", "validation"),             # plain values from YAML, then every check
     ("algorithms", "jwks"),               # key_fits reads a key's kty, crv, alg, use, key_ops
+    ("verifier", "dpop"),                 # every accepted token passes its binding check
     ("explain", "app"),                   # prints the very error body the proxy would send
     ("explain", "explain_text"),          # the words and the rendering of the report
     ("explain", "forward_auth"),          # --forward-auth: the door's reconstruction, answer
