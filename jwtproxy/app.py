@@ -108,7 +108,7 @@ def _challenges(params: str, offer: Challenge | None) -> list[str]:
     out = []
     if offer.bearer or offer.used == "Bearer":
         out.append(bearer + extra)
-    if offer.dpop_algs or offer.used == "DPoP":
+    if offer.advertise_dpop or offer.used == "DPoP":
         out.append(dpop + extra)
     return out if offer.used == "Bearer" else out[::-1]
 

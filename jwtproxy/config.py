@@ -119,6 +119,9 @@ class Dpop:
     algorithms: tuple[str, ...] = DEFAULT_DPOP_ALGORITHMS
 
 
+DEFAULT_DPOP: Final = Dpop()
+
+
 @dataclass(frozen=True, slots=True)
 class Issuer:
     """One trusted token issuer and where its keys come from.
@@ -140,7 +143,13 @@ class Issuer:
     jwks: JwksSettings = JwksSettings()
     ca_file: str | None = None
     allow_insecure_http: bool = False
-    dpop: Dpop = Dpop()
+    # None: no `dpop:` in the config. Bound tokens still need their proof (the defaults of
+    # `Dpop`), but DPoP is not advertised in challenges or metadata until configured.
+    dpop: Dpop | None = None
+
+    @property
+    def dpop_settings(self) -> Dpop:
+        return self.dpop if self.dpop is not None else DEFAULT_DPOP
 
 
 @dataclass(frozen=True, slots=True)

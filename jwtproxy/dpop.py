@@ -144,7 +144,7 @@ class ProofChecker:
     ) -> str | None:
         """Raise unless the token was presented as its binding requires; return the
         proof's `jti` when a proof was checked."""
-        mode = issuer.dpop.mode
+        mode = issuer.dpop_settings.mode
         cnf = claims.get("cnf")
         jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
         if presentation.scheme == "bearer":
@@ -167,7 +167,7 @@ class ProofChecker:
         self, proof: str, token: str, jkt: str, issuer: Issuer, presentation: Presentation,
     ) -> str:
         """RFC 9449 §4.3 for one proof; returns its jti."""
-        settings = issuer.dpop
+        settings = issuer.dpop_settings
         if len(proof) > self.max_proof_bytes or len(proof.encode("utf-8", "surrogatepass")) > (
                 self.max_proof_bytes):
             raise DpopError("proof", f"proof larger than {self.max_proof_bytes} bytes")

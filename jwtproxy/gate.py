@@ -53,7 +53,8 @@ class Challenge:
     its algs), the scheme the client used first, and RFC 9728's `resource_metadata`."""
 
     bearer: bool = True
-    dpop_algs: str | None = None
+    dpop_algs: str | None = None  # of the issuers that accept proofs
+    advertise_dpop: bool = False  # an issuer has a `dpop:` setting that accepts proofs
     used: str = "Bearer"
     resource_metadata: str | None = None
 
@@ -215,11 +216,14 @@ class Gate:
 def _challenge(config: Config, route: Route) -> Challenge:
     if route.auth is None:
         return Challenge()
-    used = [config.issuers[name].dpop for name in route.auth.issuers]
+    issuers = [config.issuers[name] for name in route.auth.issuers]
+    used = [issuer.dpop_settings for issuer in issuers]
     algs = " ".join(dict.fromkeys(
         alg for dpop in used if dpop.mode != "off" for alg in dpop.algorithms))
     return Challenge(bearer=any(dpop.mode != "required" for dpop in used),
-                     dpop_algs=algs or None)
+                     dpop_algs=algs or None,
+                     advertise_dpop=any(issuer.dpop is not None and issuer.dpop.mode != "off"
+                                        for issuer in issuers))
 
 
 def _check_resource(resource: str | None, claims: Mapping[str, Any], steps: Trace | None) -> None:

@@ -76,12 +76,13 @@ class Metadata:
         if any(source.kind == "query" for source in tokens):
             methods.append("query")
         static["bearer_methods_supported"] = methods
-        dpop = [issuer.dpop for issuer in used if issuer.dpop.mode != "off"]
-        if dpop:  # RFC 9728 §2: only where DPoP applies
+        dpop = [issuer.dpop for issuer in used
+                if issuer.dpop is not None and issuer.dpop.mode != "off"]
+        if dpop:  # RFC 9728 §2: only where DPoP applies (is configured)
             static["dpop_signing_alg_values_supported"] = list(dict.fromkeys(
                 alg for settings in dpop for alg in settings.algorithms))
             static["dpop_bound_access_tokens_required"] = all(
-                issuer.dpop.mode == "required" for issuer in used)
+                issuer.dpop_settings.mode == "required" for issuer in used)
         self.static = static
 
     def resource_for(self, origin: str | None) -> str | None:

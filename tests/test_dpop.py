@@ -85,7 +85,7 @@ def dpop_config(jwks_url: str, upstream_url: str, **dpop: Any) -> dict[str, Any]
 async def dproxy(
     make_proxy: ProxyFactory, jwks: tuple[JwksEndpoint, str], upstream: tuple[EchoUpstream, str],
 ) -> Proxy:
-    return await make_proxy(dpop_config(jwks[1], upstream[1]))
+    return await make_proxy(dpop_config(jwks[1], upstream[1], mode="allowed"))
 
 
 def htu_of(proxy: Proxy, path: str = PATH) -> str:
@@ -391,3 +391,22 @@ async def test_forward_auth_door_checks_the_proof_against_the_original_request(
         assert resp.status == 401
         assert resp.headers.getall("WWW-Authenticate")[0].startswith(
             'DPoP error="invalid_dpop_proof"')
+
+
+async def test_without_a_dpop_setting_bound_tokens_still_need_proofs_but_none_is_advertised(
+    make_proxy: ProxyFactory, jwks: tuple[JwksEndpoint, str], upstream: tuple[EchoUpstream, str],
+    keys: KeyRing,
+) -> None:
+    proxy = await make_proxy(dpop_config(jwks[1], upstream[1]))  # no `dpop:` at all
+    assert (await proxy.client.get(PATH)).headers.getall("WWW-Authenticate") == [
+        'Bearer realm="jwtproxy"']
+    token = bound_token(keys, keys.ec)
+    resp = await send(proxy, token, scheme="Bearer")
+    assert resp.status == 401
+    assert resp.headers.getall("WWW-Authenticate")[0].startswith(
+        'Bearer realm="jwtproxy", error="invalid_token"')
+    assert (await send(proxy, token, proof(keys.ec, htu_of(proxy), token))).status == 200
+    resp = await send(proxy, token, proof(keys.ec, htu_of(proxy), token, htm="PUT"))
+    challenges = resp.headers.getall("WWW-Authenticate")
+    assert challenges[0].startswith('DPoP error="invalid_dpop_proof"')  # the client used it
+    assert challenges[1] == 'Bearer realm="jwtproxy"'

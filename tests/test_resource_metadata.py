@@ -59,8 +59,7 @@ async def test_documents_are_served_unauthenticated_at_the_rfc_9728_paths(
     mproxy: Proxy, upstream: tuple[EchoUpstream, str],
 ) -> None:
     base = origin(mproxy)
-    dpop = {"dpop_signing_alg_values_supported": ["ES256", "EdDSA", "Ed25519", "RS256", "PS256"],
-            "dpop_bound_access_tokens_required": False}
+    dpop: dict[str, Any] = {}  # the issuer has no `dpop:` setting: DPoP is not advertised
     expected = {
         WELL_KNOWN + "/mcp": {"resource": f"{base}/mcp", "authorization_servers": [ISSUER],
                               "scopes_supported": ["mcp:tools"],
@@ -119,7 +118,9 @@ async def test_every_401_of_the_route_carries_resource_metadata_and_nothing_else
         resp = await mproxy.client.get("/mcp/tools", headers=headers)
         assert resp.status == 401, headers
         challenges = resp.headers.getall("WWW-Authenticate")
-        assert len(challenges) == 2 and all(c.endswith(url) for c in challenges), challenges
+        # one per scheme offered: Bearer, and DPoP where the client used it
+        assert len(challenges) == (2 if "DPoP" in str(headers) else 1), challenges
+        assert all(c.endswith(url) for c in challenges), challenges
     # a 403 (enough to be authenticated) and another route's 401 do not carry it
     resp = await mproxy.client.get("/mcp/tools", headers={
         "Authorization": f"Bearer {token_for(keys, f'{base}/mcp', scope='other')}"})
@@ -149,6 +150,20 @@ async def test_the_route_takes_only_tokens_for_its_resource(
     assert resp.status == 200, await resp.text()
     # forward.authorization: strip (no token passthrough)
     assert upstream[0].received[-1].header("Authorization") is None
+
+
+async def test_dpop_in_the_document_and_challenge_when_configured(
+    make_proxy: ProxyFactory, jwks: tuple[JwksEndpoint, str], upstream: tuple[EchoUpstream, str],
+) -> None:
+    config = metadata_config(jwks[1], upstream[1])
+    config["issuers"]["main"]["dpop"] = {"mode": "required", "algorithms": ["ES256", "EdDSA"]}
+    proxy = await make_proxy(config)
+    doc = await (await proxy.client.get(WELL_KNOWN + "/mcp")).json()
+    assert doc["dpop_signing_alg_values_supported"] == ["ES256", "EdDSA"]
+    assert doc["dpop_bound_access_tokens_required"] is True
+    resp = await proxy.client.get("/mcp")
+    assert resp.headers.getall("WWW-Authenticate") == [
+        f'DPoP algs="ES256 EdDSA", resource_metadata="{origin(proxy)}{WELL_KNOWN}/mcp"']
 
 
 def _load(config: dict[str, Any]) -> list[str]:

@@ -146,9 +146,7 @@ def test_mcp_route_metadata_and_challenge(mcp_proxy: ProxyProcess, oidc_issuer: 
     assert resp.status == 200, describe(resp)
     assert resp.json() == {
         "resource": f"{mcp_proxy.url}/mcp", "authorization_servers": [oidc_issuer.url],
-        "scopes_supported": ["mcp:tools"], "bearer_methods_supported": ["header"],
-        "dpop_signing_alg_values_supported": ["ES256", "EdDSA", "Ed25519", "RS256", "PS256"],
-        "dpop_bound_access_tokens_required": False}
+        "scopes_supported": ["mcp:tools"], "bearer_methods_supported": ["header"]}
     resp = http_request(f"{mcp_proxy.url}/mcp", method="POST", data=b"{}")
     assert resp.status == 401
     for challenge in resp.headers.get_all("WWW-Authenticate"):
