@@ -11,6 +11,10 @@ Prints markdown tables:
                 and JSON), the signature alone, Verifier.verify on a cache miss (every
                 token distinct: parse + key + signature + claims + cache insert) and on
                 a cache hit (the same token again: digest + lookup + time checks)
+  dpop          a DPoP-bound token (already in the verified-token cache) with a fresh
+                proof per request, per proof alg (ES256, EdDSA, RS256): Verifier.verify as
+                the gate runs it (proof parse, jwk import, signature, thumbprint, htm/htu/
+                iat/ath, jti replay insert), next to the same cache hit as a bearer token
   headers       HeaderPlan.request_headers (strip, X-Forwarded-*, three claim headers;
                 and with payload_header) and response_headers
 Each figure is the best of several repeats (like timeit), in microseconds per call.
@@ -40,6 +44,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from jwtproxy.config import Forward, Issuer, Match, Route
+from jwtproxy.dpop import Presentation, ProofChecker, access_token_hash, thumbprint
 from jwtproxy.headers import HeaderPlan, TrustedProxies, response_headers
 from jwtproxy.jwks import build_stores
 from jwtproxy.jws import parse
@@ -175,12 +180,12 @@ class Signer:
         assert self.secret is not None
         return hmac.new(self.secret.encode(), data, hashlib.sha256).digest()
 
-    def token(self, jti: str) -> str:
+    def token(self, jti: str, **extra: Any) -> str:
         now = int(time.time())
         header = {"alg": self.alg, "typ": "JWT"} | ({"kid": self.kid} if self.jwk else {})
         claims = {"iss": f"https://{self.alg.lower()}.micro.test", "aud": AUD, "sub": "micro-user",
                   "iat": now, "nbf": now - 60, "exp": now + 3600, "jti": jti,
-                  "scope": "orders/read orders/write", "email": "micro@example.com"}
+                  "scope": "orders/read orders/write", "email": "micro@example.com", **extra}
         signing_input = f"{seg(header)}.{seg(claims)}"
         return f"{signing_input}.{b64u(self.sign(signing_input.encode()))}"
 
@@ -244,6 +249,62 @@ async def bench_verify(
                 "verify_miss_us": min(miss) * 1e6,
                 "verify_hit_us": min(hit) * 1e6,
             })
+        for store in stores.values():
+            await store.close()
+    return rows
+
+
+# ----------------------------------------------------------------------------- dpop
+def make_proof(holder: Signer, htu: str, token: str, jti: str) -> str:
+    assert holder.jwk is not None
+    jwk = {k: v for k, v in holder.jwk.items() if k not in ("kid", "alg", "use")}
+    header = {"typ": "dpop+jwt", "alg": holder.alg, "jwk": jwk}
+    claims = {"jti": jti, "htm": "GET", "htu": htu, "iat": int(time.time()),
+              "ath": access_token_hash(token)}
+    signing_input = f"{seg(header)}.{seg(claims)}"
+    return f"{signing_input}.{b64u(holder.sign(signing_input.encode()))}"
+
+
+async def bench_dpop(proof_algs: list[str], distinct: int, repeat: int) -> list[dict[str, Any]]:
+    issuer_signer = Signer("ES256")
+    htu = "https://api.example.com/orders/42"
+    with tempfile.TemporaryDirectory() as tmp:
+        issuers = {"ES256": issuer_signer.issuer(tmp)}
+        stores = build_stores(issuers.values(), None)
+        for store in stores.values():
+            await store.start()
+        verifier = Verifier(issuers, stores)
+        allowed = ("ES256",)
+        plain = issuer_signer.token("micro-plain")
+        await verifier.verify(plain, allowed)
+        rows = []
+        for alg in proof_algs:
+            holder = Signer(alg)
+            assert holder.jwk is not None
+            jwk = {k: v for k, v in holder.jwk.items() if k not in ("kid", "alg", "use")}
+            token = issuer_signer.token(f"micro-{alg}", cnf={"jkt": thumbprint(jwk)})
+            n = max(50, distinct // 4) if alg == "RS256" else distinct
+            proofs = [Presentation("dpop", (make_proof(holder, htu, token, f"{alg}-{i}"),),
+                                   "GET", htu) for i in range(n)]
+            verifier.proofs = ProofChecker()
+            await verifier.verify(token, allowed, None, proofs[0])  # into the token cache
+            times = []
+            for _ in range(repeat):
+                verifier.proofs = ProofChecker()  # a fresh replay cache: the same jtis again
+                t0 = time.perf_counter()
+                for presentation in proofs:
+                    verified = await verifier.verify(token, allowed, None, presentation)
+                times.append((time.perf_counter() - t0) / n)
+            assert verified.cache_hit, "the bound token did not hit the token cache"
+            bearer = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    await verifier.verify(plain, allowed)
+                bearer.append((time.perf_counter() - t0) / n)
+            rows.append({"proof_alg": alg, "proofs": n, "dpop_us": min(times) * 1e6,
+                         "bearer_hit_us": min(bearer) * 1e6,
+                         "cost_us": (min(times) - min(bearer)) * 1e6})
         for store in stores.values():
             await store.close()
     return rows
@@ -327,6 +388,14 @@ def main() -> int:
         print(f"| {r['alg']} | {r['parse_us']:.1f} | {r['signature_us']:.1f} | "
               f"{r['verify_miss_us']:.1f} | {r['verify_hit_us']:.1f} | {r['tokens']:,} |")
 
+    dpop = asyncio.run(bench_dpop(["ES256", "EdDSA", "RS256"], distinct, repeat))
+    print("\n| DPoP proof alg | bound token + proof | bearer, cache hit | proof cost | "
+          "proofs |")
+    print("|---|---:|---:|---:|---:|")
+    for r in dpop:
+        print(f"| {r['proof_alg']} | {r['dpop_us']:.1f} | {r['bearer_hit_us']:.1f} | "
+              f"{r['cost_us']:.1f} | {r['proofs']:,} |")
+
     headers = bench_headers(repeat, budget)
     print("\n| headers | us |")
     print("|---|---:|")
@@ -335,7 +404,8 @@ def main() -> int:
 
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"routes": routes, "verify": verify, "headers": headers}, f, indent=1)
+            json.dump({"routes": routes, "verify": verify, "dpop": dpop, "headers": headers}, f,
+                      indent=1)
     return 0
 
 

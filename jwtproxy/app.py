@@ -20,10 +20,12 @@ import aiohttp
 from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import NO_UPSTREAM, Config
+from .dpop import MemoryReplayCache, ProofChecker
 from .errors import (
+    DpopError,
     Forbidden,
     HeaderSectionTooLarge,
     JwtProxyError,
@@ -32,7 +34,7 @@ from .errors import (
     NotFound,
 )
 from .forwarder import Forwarder, Sent, UpstreamTiming
-from .gate import Decision, Gate, RequestView
+from .gate import Challenge, Decision, Gate, RequestView
 from .headers import CredentialStrip
 from .jwks import KeyStore
 from .log import ACCESS_LOGGER
@@ -70,18 +72,19 @@ class State:
     credentials: CredentialStrip  # for routes with `forward.authorization: strip`
 
 
-def error_response(err: JwtProxyError) -> web.Response:
+def error_response(err: JwtProxyError, offer: Challenge | None = None) -> web.Response:
     description = DESCRIPTION_UNSAFE.sub("", err.description)
     body: dict[str, str] = {"error": err.error or "unauthorized",
                             "error_description": description}
-    headers: dict[str, str] = {}
-    if isinstance(err, MissingToken):
-        headers["WWW-Authenticate"] = REALM
-    elif err.status in (400, 401, 403):
-        challenge = f'{REALM}, error="{err.error}", error_description="{description}"'
+    headers: CIMultiDict[str] = CIMultiDict()
+    params = ""
+    if not isinstance(err, MissingToken) and err.status in (400, 401, 403):
+        params = f', error="{err.error}", error_description="{description}"'
         if isinstance(err, Forbidden) and err.scope:
-            challenge += f', scope="{DESCRIPTION_UNSAFE.sub("", err.scope)}"'
-        headers["WWW-Authenticate"] = challenge
+            params += f', scope="{DESCRIPTION_UNSAFE.sub("", err.scope)}"'
+    if isinstance(err, MissingToken) or err.status in (400, 401, 403):
+        for challenge in _challenges(params, offer):
+            headers.add("WWW-Authenticate", challenge)
     elif isinstance(err, KeysUnavailable):
         headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     if err.status == 404:
@@ -90,6 +93,24 @@ def error_response(err: JwtProxyError) -> web.Response:
     if err.status in CLOSE_AFTER:
         response.force_close()  # what is left of the request is not worth reading
     return response
+
+
+def _challenges(params: str, offer: Challenge | None) -> list[str]:
+    """One challenge per scheme the route accepts (RFC 9110 §11.6.1), the error in the
+    scheme the client used, which comes first; RFC 9728 §5.1 `resource_metadata` in each."""
+    if offer is None:
+        return [REALM + params]
+    extra = (f', resource_metadata="{DESCRIPTION_UNSAFE.sub("", offer.resource_metadata)}"'
+             if offer.resource_metadata else "")
+    bearer = REALM + (params if offer.used == "Bearer" else "")
+    dpop = "DPoP " + (params[2:] + ", " if params and offer.used == "DPoP" else "") + (
+        f'algs="{offer.dpop_algs}"' if offer.dpop_algs else 'realm="jwtproxy"')
+    out = []
+    if offer.bearer or offer.used == "Bearer":
+        out.append(bearer + extra)
+    if offer.advertise_dpop or offer.used == "DPoP":
+        out.append(dpop + extra)
+    return out if offer.used == "Bearer" else out[::-1]
 
 
 class ProxyApp:
@@ -103,6 +124,8 @@ class ProxyApp:
         self.initial_config = config
         self.request_ids = RequestIds()
         self.draining = False  # set on SIGTERM: /readyz answers 503 so traffic moves away
+        # one per process, kept across reloads: a proof seen before a reload stays seen
+        self.replay = MemoryReplayCache()
         self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -148,7 +171,8 @@ class ProxyApp:
                 stores[name] = KeyStore(issuer, self.key_session, self.metrics)
                 fresh.append(stores[name])
         await asyncio.gather(*(store.start() for store in fresh))
-        verifier = Verifier(config.issuers, stores)
+        verifier = Verifier(config.issuers, stores, proofs=ProofChecker(
+            self.replay, max_proof_bytes=config.server.max_token_bytes))
         for issuer in config.issuers.values():
             if not issuer.audiences:
                 log.warning("issuer_without_audiences", extra={"issuer": issuer.name})
@@ -188,7 +212,9 @@ class ProxyApp:
         request_id = request.headers.get("X-Request-Id", "")
         if not request_id or not REQUEST_ID_PATTERN.fullmatch(request_id):
             request_id = self.request_ids()
-        view = RequestView(request.method, request.host, raw_path, raw_query, request.headers)
+        peer = peer_address(request)
+        view = RequestView(request.method, request.host, raw_path, raw_query, request.headers,
+                           request.scheme, peer)
         timing = UpstreamTiming()
         decision: Decision | None = None
         try:
@@ -200,7 +226,11 @@ class ProxyApp:
                 decision = Decision(None, NotFound("no route matches"))
             self._record_auth(decision)
             if decision.error is not None:
-                response: web.StreamResponse | Sent = error_response(decision.error)
+                response: web.StreamResponse | Sent = error_response(
+                    decision.error, decision.challenge)
+            elif decision.document is not None:
+                response = web.json_response(  # RFC 9728 §3.2; public, so any origin
+                    decision.document, headers={"Access-Control-Allow-Origin": "*"})
             else:
                 assert decision.route is not None
                 plan = decision.route.plan
@@ -217,15 +247,14 @@ class ProxyApp:
                     await request.writer.write(CONTINUE)
                 if _is_websocket(request):
                     headers = plan.request_headers(
-                        request.headers, decision.claims, peer_address(request), request.scheme,
-                        request_id)
+                        request.headers, decision.claims, peer, request.scheme, request_id)
                     if strip is not None:
                         strip.strip_headers(headers)
                     response = await self.forwarder.websocket(
                         request, decision.route.route, path_qs, headers)
                 else:
                     fields = plan.request_fields(
-                        request.raw_headers, decision.claims, peer_address(request), request.scheme,
+                        request.raw_headers, decision.claims, peer, request.scheme,
                         request_id)
                     if strip is not None:
                         fields = strip.strip_fields(fields)
@@ -307,6 +336,8 @@ def _access_fields(
     if decision is not None and decision.auth_reason is not None:
         fields["issuer"] = decision.issuer
         fields["auth"] = decision.auth_reason
+        if isinstance(decision.error, DpopError):
+            fields["dpop"] = decision.error.check
         if decision.claims is not None:
             for claim in ("sub", "jti"):
                 if isinstance(decision.claims.get(claim), str):

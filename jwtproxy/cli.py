@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     if config is None:
         return EXIT_USAGE
     if command == "check":
+        from .validation import warnings
+
+        for warning in warnings(config):
+            print(f"warning: {warning}", file=sys.stderr)
         print(f"{args.config}: ok ({len(config.issuers)} issuers, {len(config.routes)} routes)")
         return EXIT_OK
     if command == "token":

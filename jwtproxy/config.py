@@ -34,6 +34,8 @@ DEFAULT_UPSTREAM_IDLE_TIMEOUT: Final = 4.0
 DEFAULT_UPSTREAM_MAX_IDLE: Final = 128  # idle connections kept per upstream
 DEFAULT_ASYMMETRIC_ALGORITHMS: Final = ("RS256",)
 DEFAULT_SYMMETRIC_ALGORITHMS: Final = ("HS256",)
+DEFAULT_DPOP_MAX_AGE: Final = 300.0
+DEFAULT_DPOP_ALGORITHMS: Final = ("ES256", "EdDSA", "Ed25519", "RS256", "PS256")
 COGNITO_HOST_TEMPLATE: Final = "https://cognito-idp.{region}.amazonaws.com"
 LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain"})
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the non-standard ones proxies still see.
@@ -59,6 +61,7 @@ TokenSourceKind = Literal["header", "cookie", "query"]
 ForwardConvention = Literal["auto", "x-forwarded", "x-original", "request"]
 LambdaResponse = Literal["policy", "simple"]
 PolicyScope = Literal["request", "routes"]
+DpopMode = Literal["allowed", "required", "off"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,19 @@ class JwksSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Dpop:
+    """RFC 9449 for one issuer: `allowed` (a token with `cnf.jkt` needs a proof, one
+    without is a bearer token), `required` (bearer tokens refused) or `off`."""
+
+    mode: DpopMode = "allowed"
+    max_age: float = DEFAULT_DPOP_MAX_AGE
+    algorithms: tuple[str, ...] = DEFAULT_DPOP_ALGORITHMS
+
+
+DEFAULT_DPOP: Final = Dpop()
+
+
+@dataclass(frozen=True, slots=True)
 class Issuer:
     """One trusted token issuer and where its keys come from.
 
@@ -129,6 +145,13 @@ class Issuer:
     jwks: JwksSettings = JwksSettings()
     ca_file: str | None = None
     allow_insecure_http: bool = False
+    # None: no `dpop:` in the config. Bound tokens still need their proof (the defaults of
+    # `Dpop`), but DPoP is not advertised in challenges or metadata until configured.
+    dpop: Dpop | None = None
+
+    @property
+    def dpop_settings(self) -> Dpop:
+        return self.dpop if self.dpop is not None else DEFAULT_DPOP
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +185,15 @@ class Forward:
 
 
 @dataclass(frozen=True, slots=True)
+class ResourceMetadata:
+    """RFC 9728 protected-resource metadata of a route; None/empty = derived (DESIGN)."""
+
+    resource: str | None = None  # default: scheme://host + the route's path
+    authorization_servers: tuple[str, ...] = ()  # default: the route's issuers
+    scopes_supported: tuple[str, ...] | None = None  # default: the route's scopes
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     upstream: str = NO_UPSTREAM  # none: forward-auth and Lambda only (the proxy answers 404)
@@ -172,6 +204,7 @@ class Route:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
     ca_file: str | None = None
+    resource_metadata: ResourceMetadata | None = None
 
 
 @dataclass(frozen=True, slots=True)

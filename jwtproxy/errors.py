@@ -99,6 +99,24 @@ class WrongTyp(InvalidToken):
     reason = "typ"
 
 
+class DpopError(InvalidToken):
+    """A DPoP proof (RFC 9449 §4.3) that does not hold; `check` names which check failed
+    (htm, htu, ath, jkt, iat, replay, proof) for the log."""
+
+    reason, error = "dpop", "invalid_dpop_proof"
+
+    def __init__(self, check: str, description: str = "") -> None:
+        super().__init__(description)
+        self.check = check
+
+
+class DpopBindingError(DpopError):
+    """The token's scheme does not fit its binding (RFC 9449 §7.2: a DPoP-bound token sent
+    as Bearer; a bearer token where the issuer requires DPoP): an invalid token."""
+
+    error = "invalid_token"
+
+
 class Forbidden(JwtProxyError):
     """Valid token, but the route wants more (RFC 6750 §3.1 insufficient_scope)."""
 

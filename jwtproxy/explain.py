@@ -30,6 +30,7 @@ from .forward_auth import claim_headers, error_answer, reconstruct
 from .gate import Decision, Gate, RequestView
 from .jwks import KeySet, KeyStore, build_stores
 from .jws import parse
+from .resource_metadata import client_origin
 from .verifier import Verifier
 
 EXIT_ALLOW: Final = 0
@@ -103,8 +104,9 @@ async def build_report(
         stores = _stores(config, session)
         try:
             now = time.time()
-            decision = Decision(None, refused) if refused is not None else await Gate(
-                config, Verifier(config.issuers, stores)).decide(view, trace=True)
+            gate = Gate(config, Verifier(config.issuers, stores))
+            decision = Decision(None, refused) if refused is not None else await gate.decide(
+                view, trace=True)
         finally:
             await asyncio.gather(*(store.close() for store in stores.values()))
             if session is not None:
@@ -117,6 +119,11 @@ async def build_report(
     report = Report(method, host, path, location if token else None, claims, decision,
                     words.steps(), original=original)
     words.notes(report)
+    meta = gate.metadata.get(decision.route.route.name) if decision.route else None
+    if meta is not None:
+        origin = client_origin(view.scheme, view.host, view.headers, False)
+        report.notes.append(f"protected-resource metadata (RFC 9728): {meta.url(origin)} "
+                            f"(resource {meta.resource_for(origin)}; tokens need it in aud)")
     if forward_auth is None:
         _answer(report, view, token)
     else:
@@ -199,8 +206,10 @@ def _answer(report: Report, view: RequestView, token: str) -> None:
         decision = report.decision = Decision(None, NotFound("no route matches"),
                                               steps=decision.steps)
     if decision.error is not None:
-        response = error_response(decision.error)
-        report.www_authenticate = response.headers.get("WWW-Authenticate")
+        response = error_response(decision.error, decision.challenge)
+        challenges = response.headers.getall("WWW-Authenticate", [])
+        report.www_authenticate = challenges[0] if challenges else None
+        report.more_challenges = challenges[1:]
         report.retry_after = response.headers.get("Retry-After")
         report.body = json.loads(response.text or "{}")
         return

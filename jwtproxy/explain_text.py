@@ -29,7 +29,8 @@ class Report:
     decision: Decision
     steps: list[Step]
     notes: list[str] = field(default_factory=list)
-    www_authenticate: str | None = None
+    www_authenticate: str | None = None  # the first challenge: the one with the error
+    more_challenges: list[str] = field(default_factory=list)  # other schemes offered
     retry_after: str | None = None
     body: dict[str, Any] | None = None
     upstream_url: str | None = None
@@ -55,6 +56,7 @@ class Report:
             "reason": self.decision.auth_reason if self.decision.error is None
             else self.decision.error.reason,
             "www_authenticate": self.www_authenticate,
+            "more_challenges": self.more_challenges,
             "retry_after": self.retry_after,
             "body": self.body,
             "upstream_url": self.upstream_url,
@@ -355,6 +357,7 @@ def render(report: Report, marks: tuple[str, str] = ("✓", "✗")) -> str:
                      f"{err.description}")
         if report.www_authenticate:
             lines.append(f"  WWW-Authenticate: {report.www_authenticate}")
+        lines += [f"  WWW-Authenticate: {more}" for more in report.more_challenges]
         if report.retry_after:
             lines.append(f"  Retry-After: {report.retry_after}")
         lines.append(f"  body: {json.dumps(report.body)}")

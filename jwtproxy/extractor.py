@@ -52,6 +52,13 @@ class TokenExtractor:
             raise Malformed(f"token larger than {self.max_token_bytes} bytes")
         return found
 
+    def presented_as_dpop(self, headers: Headers) -> bool:
+        """Whether the token came as `Authorization: DPoP` (call after `extract`)."""
+        if self.check_authorization:
+            return False  # Authorization is not a token source
+        values = headers.getall("Authorization", [])
+        return len(values) == 1 and values[0].strip()[:5].lower() == "dpop "
+
     def _from_source(self, source: TokenSource, headers: Headers, query: str) -> str | None:
         if source.kind == "header":
             values = headers.getall(source.name, [])
@@ -59,7 +66,8 @@ class TokenExtractor:
                 raise InvalidRequest(f"more than one {source.name} header")
             if not values:
                 return None
-            return _bearer(values[0], bare_ok=source.name.lower() != "authorization")
+            authorization = source.name.lower() == "authorization"
+            return _bearer(values[0], bare_ok=not authorization, dpop_ok=authorization)
         if source.kind == "cookie":
             return _cookie(headers.getall("Cookie", []), source.name)
         if query:
@@ -91,8 +99,9 @@ def _query_values(query: str, name: str) -> list[str]:
     return values
 
 
-def _bearer(value: str, bare_ok: bool) -> str | None:
-    r"""`Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1). Another scheme means
+def _bearer(value: str, bare_ok: bool, dpop_ok: bool = False) -> str | None:
+    r"""`Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1), or `DPoP <token>` in
+    Authorization (RFC 9449 §7.1; the proof is checked by dpop.py). Another scheme means
     no bearer token; a bare value (custom headers) is taken as the token itself.
 
     A value a looser parser would still read as a bearer token (`Bearer\t<t>`,
@@ -101,7 +110,7 @@ def _bearer(value: str, bare_ok: bool) -> str | None:
     §2.1 syntax)."""
     text = value.strip()
     scheme, _, rest = text.partition(" ")
-    if scheme.lower() == "bearer":
+    if scheme.lower() == "bearer" or (dpop_ok and scheme.lower() == "dpop"):
         token = rest.strip()
         if not token:
             raise Malformed("empty bearer token")

@@ -22,8 +22,8 @@ from multidict import CIMultiDictProxy
 
 from .app import ProxyApp, error_response, peer_address, trace_id
 from .config import Config, ForwardAuth, Route
-from .errors import HeaderSectionTooLarge, InvalidRequest, JwtProxyError, NotFound
-from .gate import Decision, RequestView
+from .errors import DpopError, HeaderSectionTooLarge, InvalidRequest, JwtProxyError, NotFound
+from .gate import Challenge, Decision, RequestView
 from .headers import TrustedProxies, claim_header_value, encoded_claims
 from .log import ACCESS_LOGGER
 from .metrics import NO_ISSUER, NO_ROUTE
@@ -52,7 +52,10 @@ class Original:
 
     def view(self, headers: CIMultiDictProxy[str]) -> RequestView:
         path, _, query = self.target.partition("?")
-        return RequestView(self.method, self.host, path, query, headers, rewrites_path=False)
+        # scheme and host are already the client's (from the trusted gateway): no peer, so
+        # the gate reads no X-Forwarded-* again (DPoP htu, RFC 9728 defaults)
+        return RequestView(self.method, self.host, path, query, headers, self.scheme,
+                           rewrites_path=False)
 
 
 def _single(headers: CIMultiDictProxy[str], name: str) -> str | None:
@@ -176,7 +179,7 @@ class ForwardAuthDoor:
     @staticmethod
     def _answer(decision: Decision) -> web.Response:
         if decision.error is not None:
-            return error_answer(decision.error)
+            return error_answer(decision.error, decision.challenge)
         assert decision.route is not None
         return web.Response(status=200, headers=claim_headers(
             decision.route.route, decision.claims))
@@ -198,9 +201,9 @@ def claim_headers(route: Route, claims: Mapping[str, Any] | None) -> dict[str, s
     return out
 
 
-def error_answer(err: JwtProxyError) -> web.Response:
+def error_answer(err: JwtProxyError, offer: Challenge | None = None) -> web.Response:
     """The proxy door's answer; only "no route" differs (403, body `not_found`)."""
-    response = error_response(err)
+    response = error_response(err, offer)
     if isinstance(err, NotFound):
         response.set_status(NO_ROUTE_STATUS)
     return response
@@ -225,6 +228,8 @@ def _access_fields(
     if decision is not None and decision.auth_reason is not None:
         fields["issuer"] = decision.issuer
         fields["auth"] = decision.auth_reason
+        if isinstance(decision.error, DpopError):
+            fields["dpop"] = decision.error.check
         if decision.claims is not None:
             for claim in ("sub", "jti"):
                 if isinstance(decision.claims.get(claim), str):

@@ -6,7 +6,7 @@ Both the proxy and `jwtproxy explain` run `Gate.decide`; nothing else decides.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -14,6 +14,7 @@ from multidict import CIMultiDictProxy
 
 from .authorizer import authorize, token_scopes
 from .config import Config, Route
+from .dpop import BEARER, Presentation
 from .errors import (
     Forbidden,
     InvalidRequest,
@@ -22,14 +23,17 @@ from .errors import (
     KeysUnavailable,
     MissingToken,
     NotFound,
+    WrongAudience,
 )
 from .extractor import TokenExtractor
 from .headers import HeaderPlan, TrustedProxies
 from .matcher import RouteTable, normalize_path, target_refusal
+from .resource_metadata import Metadata, client_origin
 from .verifier import Step, Trace, Verifier
 
 PATH_SAFE: Final = "/:@!$&'()*+,=~"  # no `;`: a decoded `%3B` must not become a parameter
 AUTH_ERRORS: Final = (InvalidToken, Forbidden, KeysUnavailable)
+DOCUMENT_METHODS: Final = frozenset({"GET", "HEAD"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +47,21 @@ class RequestView:
     raw_path: str
     query_string: str
     headers: CIMultiDictProxy[str]
-    rewrites_path: bool = True
+    scheme: str = "http"  # of the connection; X-Forwarded-Proto counts only from a proxy
+    peer: str | None = None
+    rewrites_path: bool = True  # False: a door that forwards the target as sent
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """What the `WWW-Authenticate` of a refused request offers: Bearer and/or DPoP (with
+    its algs), the scheme the client used first, and RFC 9728's `resource_metadata`."""
+
+    bearer: bool = True
+    dpop_algs: str | None = None  # of the issuers that accept proofs
+    advertise_dpop: bool = False  # an issuer has a `dpop:` setting that accepts proofs
+    used: str = "Bearer"
+    resource_metadata: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +84,8 @@ class Decision:
     cache_hit: bool | None = None
     upstream_path: str = "/"
     steps: Trace | None = None
+    challenge: Challenge | None = None
+    document: dict[str, Any] | None = None  # an RFC 9728 document to answer with
 
     @property
     def allowed(self) -> bool:
@@ -90,6 +110,16 @@ class Gate:
             route.name: CompiledRoute(route, HeaderPlan(route, stripped, trusted))
             for route in config.routes
         }
+        self.trusted = trusted
+        self.metadata = {
+            route.name: Metadata(route, config.issuers, config.tokens)
+            for route in config.routes if route.resource_metadata and route.auth}
+        # the documents are matched like routes (host, GET/HEAD, exact path), before them
+        self.documents = RouteTable([
+            replace(route, match=replace(route.match, path=meta.path, path_prefix=None,
+                                         methods=DOCUMENT_METHODS))
+            for route in config.routes if (meta := self.metadata.get(route.name))])
+        self.challenges = {route.name: _challenge(config, route) for route in config.routes}
 
     async def decide(self, view: RequestView, trace: bool = False) -> Decision:
         steps: Trace | None = [] if trace else None
@@ -104,6 +134,15 @@ class Gate:
             detail = "path must be sent normalised: this door cannot forward the matched one"
             _note(steps, "request", False, f"request target {view.raw_path[:80]!r}: {detail}")
             return Decision(None, InvalidRequest(detail), steps=steps)
+        if self.metadata and (
+                document := self.documents.match(view.method, view.host, normalized.path)):
+            meta = self.metadata[document.name]
+            _note(steps, "route", True, f"RFC 9728 metadata of route {document.name}")
+            found = meta.document(self._origin(view))
+            if found is None:
+                return Decision(None, InvalidRequest("request host is not a valid host"),
+                                steps=steps)
+            return Decision(self.compiled[document.name], document=found, steps=steps)
         route = self.table.match(view.method, view.host, normalized.path)
         if steps is not None:
             steps.append(Step("route", route is not None,
@@ -130,6 +169,7 @@ class Gate:
             decision.auth_reason, decision.auth_denied = err.reason, True
             if auth.mode != "report_only":
                 decision.error = err
+                decision.challenge = self._challenge(route, view, False, err)
             return decision
         if token is None:
             _note(steps, "token", auth.mode != "required", f"no token (mode {auth.mode})")
@@ -138,11 +178,19 @@ class Gate:
             decision.auth_denied = auth.mode != "optional"
             if auth.mode == "required":
                 decision.error = MissingToken("no token")
+                decision.challenge = self._challenge(route, view, False, decision.error)
             return decision
         _note(steps, "token", True, f"found ({len(token)} bytes)")
+        dpop = self.extractor.presented_as_dpop(view.headers)
+        route_meta = self.metadata.get(route.name)
         try:
-            verified = await self.verifier.verify(token, auth.issuers, steps)
+            presentation = Presentation(
+                "dpop", tuple(view.headers.getall("DPoP", [])), view.method,
+                (self._origin(view) or "") + view.raw_path) if dpop else BEARER
+            verified = await self.verifier.verify(token, auth.issuers, steps, presentation)
             decision.issuer, decision.cache_hit = verified.issuer, verified.cache_hit
+            if route_meta is not None:
+                _check_resource(route_meta.resource_for(self._origin(view)), verified.claims, steps)
             authorize(auth, verified.claims)
         except AUTH_ERRORS as err:
             _note(steps, err.reason, False, err.description)
@@ -152,12 +200,51 @@ class Gate:
                 decision.cache_hit = err.cache_hit
             if auth.mode != "report_only":
                 decision.error = err
+                decision.challenge = self._challenge(route, view, dpop, err)
             return decision
         if steps is not None and (auth.scopes or auth.any_scopes or auth.claims):
             scopes = " ".join(sorted(token_scopes(verified.claims))) or "(none)"
             steps.append(Step("authorize", True, f"scopes present: {scopes}"))
         decision.claims, decision.auth_reason = verified.claims, "ok"
         return decision
+
+    def _origin(self, view: RequestView) -> str | None:
+        return client_origin(view.scheme, view.host, view.headers, view.peer in self.trusted)
+
+    def _challenge(
+        self, route: Route, view: RequestView, dpop: bool, err: JwtProxyError,
+    ) -> Challenge:
+        """The route's compiled challenge, with the scheme used and, on a 401 of a route
+        with metadata, RFC 9728 §5.1's `resource_metadata`."""
+        challenge = self.challenges[route.name]
+        used = ("DPoP" if dpop or err.error == "invalid_dpop_proof" or not challenge.bearer
+                else "Bearer")
+        meta = self.metadata.get(route.name)
+        url = meta.url(self._origin(view)) if meta is not None and err.status == 401 else None
+        return replace(challenge, used=used, resource_metadata=url)
+
+
+def _challenge(config: Config, route: Route) -> Challenge:
+    if route.auth is None:
+        return Challenge()
+    issuers = [config.issuers[name] for name in route.auth.issuers]
+    used = [issuer.dpop_settings for issuer in issuers]
+    algs = " ".join(dict.fromkeys(
+        alg for dpop in used if dpop.mode != "off" for alg in dpop.algorithms))
+    return Challenge(bearer=any(dpop.mode != "required" for dpop in used),
+                     dpop_algs=algs or None,
+                     advertise_dpop=any(issuer.dpop is not None and issuer.dpop.mode != "off"
+                                        for issuer in issuers))
+
+
+def _check_resource(resource: str | None, claims: Mapping[str, Any], steps: Trace | None) -> None:
+    """RFC 8707 / RFC 9728: a route with metadata takes only tokens meant for it."""
+    aud = claims.get("aud")
+    values = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+    ok = resource is not None and resource in values
+    _note(steps, "resource", ok, f"aud {aud!r} vs resource {resource!r}")
+    if not ok:
+        raise WrongAudience("token audience does not include this resource")
 
 
 def _note(steps: Trace | None, name: str, ok: bool, detail: str) -> None:

@@ -12,6 +12,7 @@ from .config import (
     DEFAULT_ASYMMETRIC_ALGORITHMS,
     DEFAULT_SYMMETRIC_ALGORITHMS,
     SYMMETRIC_ALGORITHMS,
+    Dpop,
     Issuer,
     JwksSettings,
 )
@@ -39,7 +40,7 @@ class IssuerValidator(FieldChecker):
     def issuer(self, path: str, name: str, value: Any) -> Issuer | None:
         raw = self.mapping(path, value, {
             "issuer", "jwks_uri", "jwks_file", "secret", "cognito", "audiences", "token_use",
-            "algorithms", "leeway", "jwks", "typ", "ca_file", "allow_insecure_http",
+            "algorithms", "leeway", "jwks", "typ", "ca_file", "allow_insecure_http", "dpop",
         })
         if not isinstance(value, dict):
             if value is None:
@@ -93,9 +94,37 @@ class IssuerValidator(FieldChecker):
             kwargs["jwks"] = self.jwks_settings(f"{path}.jwks", raw["jwks"])
         if "ca_file" in raw:
             kwargs["ca_file"] = self.file(f"{path}.ca_file", raw["ca_file"])
+        if "dpop" in raw:
+            kwargs["dpop"] = self.dpop(f"{path}.dpop", raw["dpop"])
         if kwargs.get("issuer") is None:
             return None
         return build(Issuer, kwargs)
+
+    def dpop(self, path: str, value: Any) -> Dpop:
+        """`dpop: allowed` or `dpop: {mode, max_age, algorithms}` (RFC 9449)."""
+        modes = ("allowed", "required", "off")
+        if isinstance(value, str):
+            return build(Dpop, {"mode": self.choice(path, value, modes)})
+        raw = self.mapping(path, value, {"mode", "max_age", "algorithms"})
+        kwargs: dict[str, Any] = {}
+        if "mode" in raw:
+            kwargs["mode"] = self.choice(f"{path}.mode", raw["mode"], modes)
+        if "max_age" in raw:
+            kwargs["max_age"] = self.duration(f"{path}.max_age", raw["max_age"])
+            if kwargs["max_age"] == 0:
+                self.problem(f"{path}.max_age", "must be more than 0")
+                kwargs["max_age"] = None
+        if "algorithms" in raw:
+            names = self.strings(f"{path}.algorithms", raw["algorithms"])
+            for i, name in enumerate(names):
+                if name not in ASYMMETRIC_ALGORITHMS:
+                    # RFC 9449 §4.2: a proof is signed with an asymmetric key
+                    self.problem(f"{path}.algorithms[{i}]", f"{name!r} not allowed: a proof "
+                                 f"needs one of {', '.join(sorted(ASYMMETRIC_ALGORITHMS))}")
+            if not names:
+                self.problem(f"{path}.algorithms", "must not be empty")
+            kwargs["algorithms"] = names
+        return build(Dpop, kwargs)
 
     def cognito(self, path: str, value: Any, insecure: bool) -> dict[str, Any]:
         raw = self.mapping(path, value, {"region", "user_pool_id", "endpoint"})

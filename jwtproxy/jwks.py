@@ -86,13 +86,22 @@ def parse_jwks(document: bytes) -> tuple[KeySet, list[str]]:
     return KeySet(tuple(keys)), skipped
 
 
+def public_key(raw: Any) -> VerifyKey:
+    """One public JWK (a DPoP proof's `jwk`), as strictly as a JWKS member is read;
+    `KeySourceError` when it is not a usable public key."""
+    try:
+        return _import_public_key(raw)
+    except (JoseError, ValueError, TypeError) as err:
+        raise KeySourceError(f"not a usable public key: {err}") from None
+
+
 def _import_public_key(raw: Any) -> VerifyKey:
     if not isinstance(raw, dict):
         raise KeySourceError("not an object")
     kty = raw.get("kty")
     if kty not in ("RSA", "EC", "OKP"):
         raise KeySourceError(f"kty {kty!r} is not an asymmetric key type")
-    if any(private in raw for private in ("d", "p", "q", "dp", "dq", "qi")):
+    if any(private in raw for private in ("d", "p", "q", "dp", "dq", "qi", "oth", "k")):
         raise KeySourceError("contains private key material")
     for name in ("kid", "alg", "use", "crv"):
         if name in raw and not isinstance(raw[name], str):

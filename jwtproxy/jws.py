@@ -91,6 +91,14 @@ def _depth(text: str) -> int:
 def parse(token: str) -> ParsedToken:
     """Structure checks before any crypto: three base64url segments, strict JSON objects,
     a header with a string `alg` and none of the members we refuse."""
+    parsed = parse_compact(token)
+    _check_claim_types(parsed.claims)
+    return parsed
+
+
+def parse_compact(token: str, key_header: str | None = None) -> ParsedToken:
+    """`parse` without the access-token claim rules; `key_header` is the one
+    key-carrying member allowed (a DPoP proof carries its `jwk`, RFC 9449 §4.2)."""
     parts = token.split(".")
     if len(parts) == 5:
         raise Malformed("encrypted tokens (JWE) are not accepted")
@@ -108,7 +116,7 @@ def parse(token: str) -> ParsedToken:
     if alg.lower() == "none":
         raise AlgNotAllowed("alg none is never accepted")
     for name in KEY_SOURCE_HEADERS:
-        if name in header:
+        if name in header and name != key_header:
             raise Malformed(f"header {name} is not accepted: keys come only from the issuer")
     if "crit" in header:
         raise Malformed("header crit is not supported")  # RFC 7515 §4.1.11
@@ -124,7 +132,6 @@ def parse(token: str) -> ParsedToken:
         raise Malformed("header kid is not a short string")
     if "typ" in header and not isinstance(header["typ"], str):
         raise Malformed("header typ is not a string")
-    _check_claim_types(claims)
     signing_input = token[: len(parts[0]) + 1 + len(parts[1])].encode("ascii")
     return ParsedToken(header, claims, signing_input, signature)
 

@@ -87,7 +87,8 @@ def _http_v2(event: Mapping[str, Any], match_on_arn: bool) -> AuthorizerEvent:
 
 def _view(method: str, host: str, path: str, query: str, headers: CIMultiDict[str]
           ) -> RequestView:
-    return RequestView(method, host, path, query, CIMultiDictProxy(headers))
+    # API Gateway serves https only: the URI a DPoP proof names (htu) is https://host/path
+    return RequestView(method, host, path, query, CIMultiDictProxy(headers), "https")
 
 
 def _arn(event: Mapping[str, Any], name: str) -> MethodArn:

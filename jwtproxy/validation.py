@@ -23,6 +23,7 @@ from .config import (
     Issuer,
     Log,
     Match,
+    ResourceMetadata,
     Route,
     Server,
     Tls,
@@ -263,7 +264,7 @@ class Validator(IssuerValidator):
     def route(self, path: str, value: Any, issuers: dict[str, Issuer]) -> Route | None:
         raw = self.mapping(path, value, {
             "name", "match", "upstream", "auth", "forward", "cors_preflight", "timeouts",
-            "ca_file"})
+            "ca_file", "resource_metadata"})
         kwargs: dict[str, Any] = {
             "name": self.string(f"{path}.name", raw.get("name")),
             "match": self.match(f"{path}.match", raw.get("match")),
@@ -287,10 +288,39 @@ class Validator(IssuerValidator):
                 kwargs["read_timeout"] = self.duration(f"{path}.timeouts.read", timeouts["read"])
         if "ca_file" in raw:
             kwargs["ca_file"] = self.file(f"{path}.ca_file", raw["ca_file"])
+        if "resource_metadata" in raw:
+            if public:
+                self.problem(f"{path}.resource_metadata", "a public route (auth: none) has "
+                             "no protected-resource metadata")
+            kwargs["resource_metadata"] = self.resource_metadata(
+                f"{path}.resource_metadata", raw["resource_metadata"])
         if kwargs["name"] is None or ("upstream" in raw and kwargs["upstream"] is None):
             return None
         route = build(Route, kwargs)
         return replace(route, auth=None) if public else route
+
+    def resource_metadata(self, path: str, value: Any) -> ResourceMetadata:
+        """RFC 9728 §2: `resource` an https URL without fragment (plain http on loopback)."""
+        raw = self.mapping(path, value, {"resource", "authorization_servers",
+                                         "scopes_supported"})
+        kwargs: dict[str, Any] = {}
+        if "resource" in raw:
+            resource = self.url(f"{path}.resource", raw["resource"], insecure_ok=False)
+            if resource is not None and ("#" in resource or "?" in resource):
+                self.problem(f"{path}.resource", "must have no query or fragment "
+                             "(RFC 8707 §2)")
+                resource = None
+            kwargs["resource"] = resource
+        if "authorization_servers" in raw:
+            servers = self.strings(f"{path}.authorization_servers",
+                                   raw["authorization_servers"])
+            for i, server in enumerate(servers):
+                self.url(f"{path}.authorization_servers[{i}]", server, insecure_ok=False)
+            kwargs["authorization_servers"] = servers
+        if "scopes_supported" in raw:
+            kwargs["scopes_supported"] = self.strings(
+                f"{path}.scopes_supported", raw["scopes_supported"])
+        return build(ResourceMetadata, kwargs)
 
     def upstream(self, path: str, value: Any) -> str | None:
         url = self.url(path, value, insecure_ok=True)
@@ -377,6 +407,16 @@ class Validator(IssuerValidator):
             kwargs["authorization"] = self.choice(
                 f"{path}.authorization", raw["authorization"], ("keep", "strip"))
         return build(Forward, kwargs)
+
+
+def warnings(config: Config) -> list[str]:
+    """What `jwtproxy check` reports without refusing the config."""
+    out = []
+    for i, route in enumerate(config.routes):
+        if route.resource_metadata is not None and route.forward.authorization == "keep":
+            out.append(f"routes[{i}].forward.authorization: keep passes the client's token "
+                       "to the upstream; MCP forbids token passthrough (use strip)")
+    return out
 
 
 def _header_key(name: str) -> str:

@@ -13,6 +13,7 @@ from cryptography.exceptions import InvalidSignature
 
 from .algorithms import ALGORITHMS, key_fits
 from .config import Issuer
+from .dpop import BEARER, Presentation, ProofChecker
 from .errors import (
     AlgNotAllowed,
     BadSignature,
@@ -108,8 +109,10 @@ class Verifier:
         stores: Mapping[str, KeyStore],
         wall_clock: Callable[[], float] = time.time,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        proofs: ProofChecker | None = None,
     ) -> None:
         self.issuers = issuers
+        self.proofs = proofs if proofs is not None else ProofChecker(wall_clock=wall_clock)
         self.stores = stores
         self.now = wall_clock
         self.by_iss: dict[str, list[Issuer]] = {}
@@ -136,10 +139,26 @@ class Verifier:
         return found
 
     async def verify(
-        self, token: str, allowed: tuple[str, ...], trace: Trace | None = None
+        self, token: str, allowed: tuple[str, ...], trace: Trace | None = None,
+        presentation: Presentation = BEARER,
     ) -> Verified:
-        """Verify `token` for one of the `allowed` issuers; `trace` (explain) records each
-        check and bypasses the cache."""
+        """Verify `token` for one of the `allowed` issuers, then its binding (RFC 9449):
+        a DPoP-bound token passes only with a fresh proof, from the cache too. `trace`
+        (explain) records each check and bypasses the cache."""
+        verified = await self._verify_token(token, allowed, trace)
+        try:
+            jti = await self.proofs.check(
+                token, verified.claims, self.issuers[verified.issuer], presentation)
+        except JwtProxyError as err:
+            err.issuer, err.cache_hit = verified.issuer, verified.cache_hit
+            raise
+        if trace is not None and jti is not None:
+            trace.append(Step("dpop", True, f"proof verified (jti {jti[:40]})"))
+        return verified
+
+    async def _verify_token(
+        self, token: str, allowed: tuple[str, ...], trace: Trace | None
+    ) -> Verified:
         digest = hashlib.sha256(token.encode()).digest()
         cached = self.cache.get(digest) if trace is None else None
         if cached is None and trace is None:

@@ -34,7 +34,7 @@ def extract(pairs: list[tuple[str, str]], query: str = "",
     (f"  Bearer {TOKEN}", TOKEN),
     ("Basic dXNlcjpwYXNz", None),
     (f"Digest {TOKEN}", None),
-    (f"DPoP {TOKEN}", None),
+    (f"DPoP {TOKEN}", TOKEN),  # RFC 9449 §7.1; the proof is checked by dpop.py
     ("Negotiate", None),  # a scheme alone
     ("", None),
 ])
@@ -210,3 +210,17 @@ def test_errors_are_jwtproxy_errors() -> None:
     ):
         with pytest.raises(JwtProxyError):
             call()
+
+
+@pytest.mark.parametrize(("pairs", "sources", "dpop"), [
+    ([("Authorization", f"DPoP {TOKEN}")], (HEADER,), True),
+    ([("Authorization", f"dpop {TOKEN}")], (HEADER,), True),
+    ([("Authorization", f"Bearer {TOKEN}")], (HEADER,), False),
+    ([("X-Token", TOKEN), ("Authorization", f"DPoP {TOKEN}")], (CUSTOM,), False),
+])
+def test_presented_as_dpop(
+    pairs: list[tuple[str, str]], sources: tuple[TokenSource, ...], dpop: bool,
+) -> None:
+    extractor = TokenExtractor(sources, 8192)
+    assert extractor.extract(headers(*pairs), "") == TOKEN
+    assert extractor.presented_as_dpop(headers(*pairs)) is dpop

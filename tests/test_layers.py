@@ -20,8 +20,8 @@ LAYERS: Final = {
     "config": 1, "arn_patterns": 1, "fields": 1, "issuer_validation": 1, "validation": 1,
     "loader": 1,
     "matcher": 2, "extractor": 2, "authorizer": 2, "headers": 2, "metrics": 2, "log": 2,
-    "jwks": 2, "pool": 2, "jws": 2, "algorithms": 2, "expiring": 2,
-    "verifier": 3, "mint": 3,  # mint: the verifier's inverse, for `jwtproxy token`
+    "jwks": 2, "pool": 2, "jws": 2, "algorithms": 2, "expiring": 2, "resource_metadata": 2,
+    "verifier": 3, "dpop": 3, "mint": 3,  # mint: the verifier's inverse, for `jwtproxy token`
     "gate": 4, "forwarder": 4,
     "app": 5, "aws_lambda": 5, "forward_auth": 5, "lambda_events": 5, "lambda_policy": 5,
     "explain": 5, "explain_text": 5, "serve": 5,
@@ -44,6 +44,7 @@ SAME_LAYER: Final = {
     ("aws_lambda", "lambda_events"),      # the Lambda door: events, then the answer
     ("aws_lambda", "lambda_policy"),      # ... written as a policy or a simple response
     ("headers", "extractor"),             # strip reads query names as the extractor does
+    ("verifier", "dpop"),                 # every accepted token passes its binding check
     ("explain", "app"),                   # prints the very error body the proxy would send
     ("explain", "explain_text"),          # the words and the rendering of the report
     ("explain", "forward_auth"),          # --forward-auth: the door's reconstruction, answer

@@ -698,10 +698,13 @@ def test_example_config_loads() -> None:
     assert set(config.issuers) == {"cognito", "partner", "local-dev"}
     assert config.issuers["cognito"].jwks_uri == (
         "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_AbCdEf/.well-known/jwks.json")
-    assert [route.name for route in config.routes] == ["health", "orders", "billing", "dev"]
+    assert [route.name for route in config.routes] == ["health", "orders", "billing", "dev", "mcp"]
     assert config.routes[2].upstream == ""  # forward-auth only
     assert config.forward_auth is not None
     assert config.routes[0].auth is None
+    assert config.issuers["partner"].dpop.mode == "allowed"
+    metadata = config.routes[4].resource_metadata
+    assert metadata is not None and metadata.resource == "https://api.example.com/mcp"
     assert config.tokens[1] == TokenSource("cookie", "access_token")
 
 

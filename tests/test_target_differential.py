@@ -290,7 +290,7 @@ async def test_the_gate_routes_every_target_as_every_upstream_parser_would(
         raw_path, sep, query = target.partition("?")
         decision = await gate.decide(RequestView("GET", "a", raw_path, query,
                                                  CIMultiDictProxy(CIMultiDict(Host="a")),
-                                                 rewrites_path))
+                                                 rewrites_path=rewrites_path))
         if decision.allowed:
             assert decision.route is not None
             assert rewrites_path or decision.upstream_path == raw_path, target

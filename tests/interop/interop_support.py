@@ -291,36 +291,60 @@ class OidcIssuer:
         return state
 
 
+NODE_PACKAGES = ("oidc-provider", "jose", "dpop", "@modelcontextprotocol/sdk", "zod")
+
+
 def _npm_install() -> None:
-    if (NODE_DIR / "node_modules" / "oidc-provider").is_dir():
+    if all((NODE_DIR / "node_modules" / name / "package.json").is_file()
+           for name in NODE_PACKAGES):
         return
     node, npm = shutil.which("node"), shutil.which("npm")
     if not node or not npm:
         pytest.skip("node/npm not found on PATH: oidc-provider interop tests need Node.js 20+")
-    # `npm ci` would be stricter, but the lock file is optional for contributors.
     try:
         result = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund"],
+            [npm, "ci", "--no-audit", "--no-fund"],  # exactly the versions of the lock
             cwd=NODE_DIR,
             capture_output=True,
             text=True,
             timeout=NPM_INSTALL_TIMEOUT,
         )
     except subprocess.TimeoutExpired:
-        pytest.skip(f"npm install in {NODE_DIR} timed out after {NPM_INSTALL_TIMEOUT}s")
+        pytest.skip(f"npm ci in {NODE_DIR} timed out after {NPM_INSTALL_TIMEOUT}s")
     if result.returncode != 0:
-        pytest.skip(f"npm install in {NODE_DIR} failed:\n{result.stdout}\n{result.stderr}")
+        pytest.skip(f"npm ci in {NODE_DIR} failed:\n{result.stdout}\n{result.stderr}")
 
 
 @contextlib.contextmanager
 def run_oidc_issuer() -> Iterator[OidcIssuer]:
     """node/issuer.mjs on an ephemeral loopback port, ready once it prints `READY <url>`."""
+    with node_server("issuer.mjs", "0") as (url, process, lines):
+        yield OidcIssuer(url, process, lines)
+
+
+def run_node(script: str, *args: str, timeout: float = 60.0) -> Any:
+    """Run node/<script> to completion; its one line of JSON output, parsed."""
+    _npm_install()
+    node = shutil.which("node")
+    if not node:
+        pytest.skip("node not found on PATH")
+    result = subprocess.run([node, script, *args], cwd=NODE_DIR, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def node_server(
+    script: str, *args: str
+) -> Iterator[tuple[str, subprocess.Popen[str], queue.Queue[str]]]:
+    """node/<script> as a subprocess, ready once it prints `READY <url>`; stopped by PID."""
     _npm_install()
     node = shutil.which("node")
     if not node:
         pytest.skip("node not found on PATH")
     process = subprocess.Popen(
-        [node, "issuer.mjs", "0"],
+        [node, script, *args],
         cwd=NODE_DIR,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -351,9 +375,9 @@ def run_oidc_issuer() -> Iterator[OidcIssuer]:
             first = ""
         if not first.startswith("READY "):
             raise RuntimeError(
-                f"issuer.mjs did not print READY (got {first!r}):\n{''.join(stderr_tail)}"
+                f"{script} did not print READY (got {first!r}):\n{''.join(stderr_tail)}"
             )
-        yield OidcIssuer(first.split(" ", 1)[1].strip(), process, lines)
+        yield first.split(" ", 1)[1].strip(), process, lines
     finally:
         if process.poll() is None:
             process.terminate()  # SIGTERM to the PID we started

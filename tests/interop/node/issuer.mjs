@@ -10,6 +10,10 @@
 //     or _post), resource indicator `https://api.test` (scopes `orders:read orders:write`) and
 //     `https://other.test` (scope `other:read`): JWT access tokens (RFC 9068, header
 //     `typ: at+jwt`), signed RS256 or ES256 depending on the client.
+//   * MCP resources: any `http://127.0.0.1:<port>/mcp` resource (a jwtproxy in front of an
+//     MCP server) gets scope `mcp:tools` and a JWT access token with that audience.
+//   * DPoP (RFC 9449, on by default in oidc-provider 9): a token request with a `DPoP` proof
+//     gets a token bound to the proof's key (`cnf.jkt`, token_type DPoP).
 //   * authorization_code for client `web` (secret `secret`, redirect_uri
 //     http://127.0.0.1/cb): the interaction logs in `alice` without a form and the grant is
 //     created automatically, so a cookie-following HTTP client gets a code in one pass and
@@ -50,6 +54,8 @@ const RESOURCES = {
   [API]: 'orders:read orders:write',
   [OTHER_API]: 'other:read',
 };
+const MCP_RESOURCE = /^http:\/\/127\.0\.0\.1:\d+\/mcp$/;
+const MCP_SCOPE = 'mcp:tools';
 const SECRET = 'secret';
 const COOKIE_KEYS = [crypto.randomBytes(32).toString('base64url')];
 
@@ -101,15 +107,17 @@ function buildProvider(issuer, keys) {
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
+      dPoP: { enabled: true }, // the default in oidc-provider 9, stated for the DPoP tests
       introspection: { enabled: true },
       resourceIndicators: {
         enabled: true,
         defaultResource: async (_ctx, _client, oneOf) => oneOf,
         useGrantedResource: async () => true,
         getResourceServerInfo: async (_ctx, resource, client) => {
-          if (!(resource in RESOURCES)) throw new errors.InvalidTarget();
+          const mcp = MCP_RESOURCE.test(resource);
+          if (!(resource in RESOURCES) && !mcp) throw new errors.InvalidTarget();
           return {
-            scope: RESOURCES[resource],
+            scope: mcp ? MCP_SCOPE : RESOURCES[resource],
             audience: resource,
             accessTokenTTL: 10 * 60,
             accessTokenFormat: 'jwt',
