@@ -27,7 +27,11 @@ trap cleanup EXIT
 if ! curl -fs -o /dev/null http://127.0.0.1:18080/; then
   nginx -p "$RUN/upstream" -c nginx.conf -g 'daemon off;' &
   pids+=($!)
+  for _ in $(seq 100); do curl -fs -o /dev/null http://127.0.0.1:18080/ && break; sleep 0.05; done
 fi
+# the keys must be the ones the tokens were signed with (another run's upstream would not do)
+cmp -s <(curl -fs http://127.0.0.1:18080/jwks.json) "$RUN/keys/jwks.json" || {
+  echo "the upstream on 127.0.0.1:18080 does not serve $RUN/keys/jwks.json" >&2; exit 2; }
 public_route=""
 [[ $PATH_KIND == public ]] && public_route='
   - name: public
@@ -54,7 +58,12 @@ YAML
 $PY -m jwtproxy run -c "$OUT/jwtproxy.yaml" >"$OUT/proxy.log" 2>&1 &
 proxy=$!
 pids+=($proxy)
-for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" && break; sleep 0.05; done
+ready=0
+for _ in $(seq 200); do
+  curl -fs -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" && { ready=1; break; }
+  sleep 0.05
+done
+((ready)) || { echo "jwtproxy not ready (see $OUT/proxy.log)" >&2; exit 1; }
 
 case $PATH_KIND in
   valid|public) args=(-H "Authorization: Bearer $(cat $RUN/keys/valid.jwt)") ;;
@@ -105,4 +114,4 @@ print("\ntop functions (own samples):")
 for frame, n in own.most_common(25):
     print(f"  {100 * n / total:5.1f}%  {frame}")
 PY
-grep -E "Requests/sec|requests in" "$OUT/wrk.txt"
+grep -E "Requests/sec|requests in|Non-2xx" "$OUT/wrk.txt"
