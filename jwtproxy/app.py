@@ -35,7 +35,7 @@ from .errors import (
 )
 from .forwarder import Forwarder, Sent, UpstreamTiming
 from .gate import Challenge, Decision, Gate, RequestView
-from .headers import CredentialStrip
+from .headers import CredentialStrip, HeaderPlan, header_plans
 from .jwks import KeyStore
 from .log import ACCESS_LOGGER
 from .metrics import NO_ISSUER, NO_ROUTE, Metrics
@@ -70,6 +70,7 @@ class State:
     stores: Mapping[str, KeyStore]
     head_limit: int
     credentials: CredentialStrip  # for routes with `forward.authorization: strip`
+    plans: Mapping[str, HeaderPlan]  # the proxy door's header rewrite, per route
 
 
 def error_response(err: JwtProxyError, offer: Challenge | None = None) -> web.Response:
@@ -177,7 +178,7 @@ class ProxyApp:
             if not issuer.audiences:
                 log.warning("issuer_without_audiences", extra={"issuer": issuer.name})
         return State(config, Gate(config, verifier), stores, header_section_limit(config),
-                     CredentialStrip(config.tokens))
+                     CredentialStrip(config.tokens), header_plans(config))
 
     async def reload(self, config: Config) -> None:
         assert self.state is not None
@@ -233,7 +234,7 @@ class ProxyApp:
                     decision.document, headers={"Access-Control-Allow-Origin": "*"})
             else:
                 assert decision.route is not None
-                plan = decision.route.plan
+                plan = state.plans[decision.route.route.name]
                 strip = (state.credentials
                          if decision.route.route.forward.authorization == "strip" else None)
                 if strip is not None:

@@ -28,6 +28,7 @@ from .errors import JwtProxyError, KeysUnavailable, NotFound
 from .explain_text import Report, Words, marks_for, render
 from .forward_auth import claim_headers, error_answer, reconstruct
 from .gate import Decision, Gate, RequestView
+from .headers import HeaderPlan, TrustedProxies
 from .jwks import KeySet, KeyStore, build_stores
 from .jws import parse
 from .resource_metadata import client_origin
@@ -220,7 +221,7 @@ def _answer(report: Report, view: RequestView, token: str) -> None:
     if token:
         query = query.replace(quote(token, safe=""), "<token>")
     report.upstream_url = route.upstream + decision.upstream_path + (f"?{query}" if query else "")
-    plan = decision.route.plan
+    plan = HeaderPlan(route, frozenset(), TrustedProxies(()))  # what it sets from claims
     wanted = [header for _, header in plan.claims]
     if plan.payload_header:
         wanted.append(plan.payload_header)

@@ -349,7 +349,7 @@ def render(report: Report, marks: tuple[str, str] = ("✓", "✗")) -> str:
             lines += [f"    {name}: {value}" for name, value in report.forward_headers.items()]
             lines += [f"    {name}: (not sent: {why})"
                       for name, why in report.not_forwarded.items()]
-        if decision.route is not None and decision.route.plan.strip_authorization:
+        if decision.route is not None and decision.route.route.forward.authorization == "strip":
             lines.append("  Authorization: removed (forward.authorization: strip)")
     else:
         err = decision.error

@@ -26,7 +26,7 @@ from .errors import (
     WrongAudience,
 )
 from .extractor import TokenExtractor
-from .headers import HeaderPlan, TrustedProxies
+from .headers import TrustedProxies
 from .matcher import RouteTable, normalize_path, target_refusal
 from .resource_metadata import Metadata, client_origin
 from .verifier import Step, Trace, Verifier
@@ -66,8 +66,10 @@ class Challenge:
 
 @dataclass(frozen=True, slots=True)
 class CompiledRoute:
+    """A route as the gate decides it; each door compiles its own output (the proxy's
+    header plan, forward-auth's claim headers, the Lambda context) from `route`."""
+
     route: Route
-    plan: HeaderPlan
 
 
 @dataclass(slots=True)
@@ -105,11 +107,7 @@ class Gate:
         self.table = RouteTable(config.routes)
         self.extractor = TokenExtractor(config.tokens, config.server.max_token_bytes)
         trusted = TrustedProxies(config.server.trusted_proxies)
-        stripped = config.claim_header_names()
-        self.compiled = {
-            route.name: CompiledRoute(route, HeaderPlan(route, stripped, trusted))
-            for route in config.routes
-        }
+        self.compiled = {route.name: CompiledRoute(route) for route in config.routes}
         self.trusted = trusted
         self.metadata = {
             route.name: Metadata(route, config.issuers, config.tokens)

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .config import HOP_BY_HOP, PROXY_SET_HEADERS, Route, TokenSource
+from .config import HOP_BY_HOP, PROXY_SET_HEADERS, Config, Route, TokenSource
 from .extractor import query_name
 
 REQUEST_ONLY_DROPPED: Final = PROXY_SET_HEADERS | {"expect"}
@@ -72,6 +72,14 @@ def encoded_claims(claims: Mapping[str, Any]) -> str:
     """A `payload_header` value: the claims as base64url (unpadded) compact JSON."""
     payload = json.dumps(claims, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+
+
+def header_plans(config: Config) -> dict[str, HeaderPlan]:
+    """The proxy door's header rewrite of every route, compiled once per config: claim
+    headers of any route are stripped from every request."""
+    trusted = TrustedProxies(config.server.trusted_proxies)
+    stripped = config.claim_header_names()
+    return {route.name: HeaderPlan(route, stripped, trusted) for route in config.routes}
 
 
 class TrustedProxies:
