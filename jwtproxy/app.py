@@ -33,6 +33,7 @@ from .errors import (
     MissingToken,
     NotFound,
 )
+from .extractor import token_protocol_prefixes
 from .forwarder import Forwarder, Sent, UpstreamTiming
 from .gate import Challenge, Decision, Gate, RequestView
 from .headers import CredentialStrip, HeaderPlan, header_plans
@@ -40,6 +41,8 @@ from .jwks import KeyStore
 from .log import ACCESS_LOGGER
 from .metrics import NO_ISSUER, NO_ROUTE, Metrics
 from .pool import Parked, UpstreamPool
+from .revocation import Lifetime, token_marks
+from .revocation_sync import Revocations
 from .verifier import Verifier
 
 log = logging.getLogger("jwtproxy.app")
@@ -127,12 +130,14 @@ class ProxyApp:
         self.draining = False  # set on SIGTERM: /readyz answers 503 so traffic moves away
         # one per process, kept across reloads: a proof seen before a reload stays seen
         self.replay = MemoryReplayCache()
+        self.revocations = Revocations(metrics)
         self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.key_session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=30), cookie_jar=aiohttp.DummyCookieJar())
         await self.forwarder.start()
+        await self.revocations.configure(self.initial_config.revocation)
         self.state = await self.build_state(self.initial_config, {})
         self._use_upstreams(self.initial_config)
         self._flusher = asyncio.create_task(self._flush_metrics())
@@ -154,6 +159,7 @@ class ProxyApp:
         if self._flusher is not None:
             self._flusher.cancel()
         self.metrics.flush()
+        await self.revocations.close()
         if self.state is not None:
             await asyncio.gather(*(store.close() for store in self.state.stores.values()))
         await self.forwarder.close()
@@ -173,7 +179,8 @@ class ProxyApp:
                 fresh.append(stores[name])
         await asyncio.gather(*(store.start() for store in fresh))
         verifier = Verifier(config.issuers, stores, proofs=ProofChecker(
-            self.replay, max_proof_bytes=config.server.max_token_bytes))
+            self.replay, max_proof_bytes=config.server.max_token_bytes),
+            revocations=self.revocations.list)
         for issuer in config.issuers.values():
             if not issuer.audiences:
                 log.warning("issuer_without_audiences", extra={"issuer": issuer.name})
@@ -183,6 +190,7 @@ class ProxyApp:
     async def reload(self, config: Config) -> None:
         assert self.state is not None
         old = self.state
+        await self.revocations.configure(config.revocation)  # SIGHUP re-reads the file
         self.state = await self.build_state(config, old.stores)
         self._use_upstreams(config)
         kept = set(map(id, self.state.stores.values()))
@@ -252,7 +260,9 @@ class ProxyApp:
                     if strip is not None:
                         strip.strip_headers(headers)
                     response = await self.forwarder.websocket(
-                        request, decision.route.route, path_qs, headers)
+                        request, decision.route.route, path_qs, headers,
+                        self._lifetime(state, decision), token_protocol_prefixes(
+                            state.config.tokens))
                 else:
                     fields = plan.request_fields(
                         request.raw_headers, decision.claims, peer, request.scheme,
@@ -275,6 +285,14 @@ class ProxyApp:
         if isinstance(response, web.StreamResponse) and not response.prepared:
             response.headers["X-Request-Id"] = request_id
         return response
+
+    def _lifetime(self, state: State, decision: Decision) -> Lifetime | None:
+        """What ends a WebSocket opened with this token (None without one)."""
+        if decision.claims is None or decision.issuer is None:
+            return None
+        leeway = state.config.issuers[decision.issuer].leeway
+        return Lifetime(float(decision.claims["exp"]) + leeway, token_marks(decision.claims),
+                        self.revocations.list)
 
     def _record_auth(self, decision: Decision) -> None:
         if decision.auth_reason is None or decision.route is None:

@@ -1,11 +1,12 @@
-"""Command line: `run`, `check`, `demo`, `explain`, `token`. The only place that exits."""
+"""Command line: `run`, `check`, `demo`, `explain`, `token`, `revoke`. The only place
+that exits."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from .config import Config
 from .errors import ConfigError
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--claim", action="append", default=[], metavar="NAME=VALUE",
                        help="an extra claim; VALUE is JSON if it parses, else a string")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until exp (3600)")
+    _revoke_parser(commands)
     return parser
 
 
@@ -102,6 +104,23 @@ def _token(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _revoke_parser(commands: Any) -> None:
+    revoke = commands.add_parser(
+        "revoke", help="add to the revocation list (or --list it)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit status: 0 done, 1 the store cannot be read or written,\n"
+               "             2 usage error, invalid config or no revocation store")
+    revoke.add_argument("-c", "--config", required=True, dest="config")
+    what = revoke.add_mutually_exclusive_group(required=True)
+    for kind in ("jti", "sub", "origin-jti", "client-id"):
+        what.add_argument(f"--{kind}", metavar="VALUE")
+    what.add_argument("--list", action="store_true", help="print the entries in force")
+    until = revoke.add_mutually_exclusive_group()
+    until.add_argument("--for", dest="duration", metavar="DURATION",
+                       help="e.g. 15m, 1h (default and cap: revocation.max_token_lifetime)")
+    until.add_argument("--until", metavar="TIME", help="RFC 3339 or epoch seconds")
+
+
 def _load(path: str) -> Config | None:
     try:
         return load_file(path)
@@ -134,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if command == "token":
         return _token(config, args)
+    if command == "revoke":
+        from .revoke import revoke
+
+        return revoke(config, args)
     if command == "explain":
         import asyncio
 

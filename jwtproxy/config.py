@@ -32,6 +32,9 @@ DEFAULT_READ_TIMEOUT: Final = 60.0
 # (Node's, uvicorn's and Apache's is 5 s), so a reused one is rarely found dead.
 DEFAULT_UPSTREAM_IDLE_TIMEOUT: Final = 4.0
 DEFAULT_UPSTREAM_MAX_IDLE: Final = 128  # idle connections kept per upstream
+DEFAULT_SYNC_INTERVAL: Final = 30.0
+DEFAULT_MAX_TOKEN_LIFETIME: Final = 86400.0  # Cognito's longest access / ID token lifetime
+DEFAULT_KEY_PREFIX: Final = "jwtproxy:"
 DEFAULT_ASYMMETRIC_ALGORITHMS: Final = ("RS256",)
 DEFAULT_SYMMETRIC_ALGORITHMS: Final = ("HS256",)
 DEFAULT_DPOP_MAX_AGE: Final = 300.0
@@ -57,7 +60,7 @@ NO_UPSTREAM: Final = ""
 
 AuthMode = Literal["required", "optional", "report_only"]
 TokenUse = Literal["id", "access"]
-TokenSourceKind = Literal["header", "cookie", "query"]
+TokenSourceKind = Literal["header", "cookie", "query", "websocket_protocol"]
 ForwardConvention = Literal["auto", "x-forwarded", "x-original", "request"]
 LambdaResponse = Literal["policy", "simple"]
 PolicyScope = Literal["request", "routes"]
@@ -226,6 +229,22 @@ class AwsLambda:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisStore:
+    url: str
+    key_prefix: str = DEFAULT_KEY_PREFIX
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """The deny-list's store: a YAML `file`, or `redis` shared by every replica."""
+
+    file: str | None = None
+    redis: RedisStore | None = None
+    sync_interval: float = DEFAULT_SYNC_INTERVAL
+    max_token_lifetime: float = DEFAULT_MAX_TOKEN_LIFETIME
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     issuers: dict[str, Issuer]
     routes: tuple[Route, ...]
@@ -235,6 +254,7 @@ class Config:
     log: Log = Log()
     forward_auth: ForwardAuth | None = None
     aws_lambda: AwsLambda = AwsLambda()
+    revocation: Revocation | None = None
 
     def claim_header_names(self) -> frozenset[str]:
         """Every header name any route fills from claims: stripped from every request."""

@@ -117,6 +117,12 @@ class DpopBindingError(DpopError):
     error = "invalid_token"
 
 
+class Revoked(InvalidToken):
+    """The token matches an entry of the revocation list (jti, sub, origin_jti, client_id)."""
+
+    reason = "revoked"
+
+
 class Forbidden(JwtProxyError):
     """Valid token, but the route wants more (RFC 6750 §3.1 insufficient_scope)."""
 

@@ -70,6 +70,8 @@ class TokenExtractor:
             return _bearer(values[0], bare_ok=not authorization, dpop_ok=authorization)
         if source.kind == "cookie":
             return _cookie(headers.getall("Cookie", []), source.name)
+        if source.kind == "websocket_protocol":
+            return _subprotocol(headers.getall("Sec-WebSocket-Protocol", []), source.name)
         if query:
             values = _query_values(query, source.name)
             if len(values) > 1:
@@ -128,6 +130,24 @@ def _bearer(value: str, bare_ok: bool, dpop_ok: bool = False) -> str | None:
     if JWS_SHAPE.fullmatch(scheme):
         raise Malformed("a token in Authorization needs the Bearer scheme")
     return None
+
+
+def _subprotocol(values: list[str], name: str) -> str | None:
+    """`Sec-WebSocket-Protocol: bearer.<token>, chat` (browsers cannot set Authorization
+    on a WebSocket; RFC 6455 §11.3.4 allows several values, comma-separated)."""
+    prefix = f"{name}."
+    found = [item.strip()[len(prefix):] for value in values for item in value.split(",")
+             if item.strip().startswith(prefix)]
+    if len(found) > 1:
+        raise InvalidRequest(f"more than one {name}. subprotocol")
+    if found and not found[0]:
+        raise Malformed(f"empty {name}. subprotocol")
+    return found[0] if found else None
+
+
+def token_protocol_prefixes(sources: Sequence[TokenSource]) -> tuple[str, ...]:
+    """The subprotocol prefixes that carry a token: never forwarded or echoed."""
+    return tuple(f"{s.name}." for s in sources if s.kind == "websocket_protocol")
 
 
 def _cookie(cookie_headers: list[str], name: str) -> str | None:

@@ -33,6 +33,7 @@ from .pool import (
     UpstreamPool,
     UpstreamTimedOut,
 )
+from .revocation import Lifetime
 
 log = logging.getLogger("jwtproxy.forwarder")
 
@@ -225,13 +226,17 @@ class Forwarder:
         return response
 
     async def websocket(
-        self, request: web.BaseRequest, route: Route, path_qs: str, headers: CIMultiDict[str]
+        self, request: web.BaseRequest, route: Route, path_qs: str, headers: CIMultiDict[str],
+        lifetime: Lifetime | None = None, token_protocols: tuple[str, ...] = (),
     ) -> web.StreamResponse:
         """Relay a WebSocket after auth: connect upstream first (502/504 if it fails), then
-        accept the client and pump frames both ways until either side closes."""
+        accept the client and pump frames both ways until either side closes, or the
+        token's `lifetime` ends (close code 1008). Subprotocols starting with one of
+        `token_protocols` carry the token: never sent upstream, never echoed."""
         assert self.session is not None
-        protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "")
-                     .split(",") if p.strip()]
+        protocols = [p for p in map(str.strip, ",".join(
+            request.headers.getall("Sec-WebSocket-Protocol", [])).split(","))
+            if p and not p.startswith(token_protocols)]
         upstream_headers = CIMultiDict(
             (k, v) for k, v in headers.items() if not k.lower().startswith("sec-websocket-"))
         tls = self._target(route).tls
@@ -253,8 +258,42 @@ class Forwarder:
             max_msg_size=0)
         await client.prepare(request)
         async with upstream:
-            await asyncio.gather(_pump(client, upstream), _pump(upstream, client))
+            pumps = asyncio.gather(_pump(client, upstream), _pump(upstream, client))
+            if lifetime is None:
+                await pumps
+            else:
+                await _until_token_ends(pumps, lifetime, client, upstream, route)
         return client
+
+
+async def _until_token_ends(
+    pumps: asyncio.Future[Any], lifetime: Lifetime, client: web.WebSocketResponse,
+    upstream: aiohttp.ClientWebSocketResponse, route: Route,
+) -> None:
+    """One timer for the expiry and one watch on the revocation list: nothing per frame."""
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[str] = loop.create_future()
+
+    def end(why: str) -> None:
+        if not ended.done():
+            ended.set_result(why)
+
+    timer = loop.call_later(max(0.0, lifetime.expires_at - lifetime.revocations.now()),
+                            end, "token expired")
+    unwatch = lifetime.revocations.watch(lifetime.marks, lambda: end("token revoked"))
+    try:
+        await asyncio.wait((pumps, ended), return_when=asyncio.FIRST_COMPLETED)
+        if ended.done() and not pumps.done():
+            log.info("websocket_closed", extra={"route": route.name, "reason": ended.result()})
+            await client.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION,
+                               message=ended.result().encode())
+            await upstream.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION)
+            await pumps
+    finally:
+        timer.cancel()
+        unwatch()
+        if not pumps.done():
+            pumps.cancel()
 
 
 async def _pump(

@@ -98,6 +98,11 @@ class Metrics:
                                    ["result"], registry=reg)
         self.config_reloads = Counter("jwtproxy_config_reloads", "Config reloads by result",
                                       ["result"], registry=reg)
+        self.revocation_sync = Counter(
+            "jwtproxy_revocation_sync", "Reads of the revocation store by result", ["result"],
+            registry=reg)
+        self.revocations = Gauge("jwtproxy_revocations", "Revocation entries held, by kind",
+                                 ["kind"], registry=reg, multiprocess_mode=live)
         self.build_info = Gauge("jwtproxy_build_info", "Build information", ["version"],
                                 registry=reg, multiprocess_mode="max")
         self.build_info.labels(__version__).set(1)
@@ -105,8 +110,11 @@ class Metrics:
             self.token_cache.labels(result)
         for result in ("ok", "error"):
             self.config_reloads.labels(result)
+            self.revocation_sync.labels(result)
         for reason in UPSTREAM_CLOSE_REASONS:
             self.upstream_closed.labels(reason)
+        for kind in ("jti", "sub", "origin_jti", "client_id"):
+            self.revocations.labels(kind)
 
     def observe_request(
         self, route: str, code: int, seconds: float, upstream_seconds: float | None

@@ -30,6 +30,7 @@ from .errors import (
 from .expiring import ExpiringCache
 from .jwks import KeySet, KeyStore, VerifyKey
 from .jws import ParsedToken, parse
+from .revocation import RevocationList, token_marks
 
 DEFAULT_CACHE_SIZE: Final = 10_000
 REJECTION_TTL: Final = 300.0  # seconds a lasting refusal is remembered
@@ -85,6 +86,7 @@ class Verified:
     claims: Mapping[str, Any]
     key: VerifyKey
     cache_hit: bool = False
+    marks: tuple[str, ...] = ()  # what the revocation list could name it by
 
 
 def _typ_matches(actual: str, expected: str) -> bool:
@@ -110,9 +112,11 @@ class Verifier:
         wall_clock: Callable[[], float] = time.time,
         cache_size: int = DEFAULT_CACHE_SIZE,
         proofs: ProofChecker | None = None,
+        revocations: RevocationList | None = None,
     ) -> None:
         self.issuers = issuers
         self.proofs = proofs if proofs is not None else ProofChecker(wall_clock=wall_clock)
+        self.revocations = revocations if revocations is not None else RevocationList()
         self.stores = stores
         self.now = wall_clock
         self.by_iss: dict[str, list[Issuer]] = {}
@@ -172,10 +176,12 @@ class Verifier:
             if store.key_set is not None and cached.key in store.key_set and store.ready:
                 try:
                     self.check_time(cached.claims, issuer)
+                    self.revocations.check(cached.marks, cached.claims)
                 except JwtProxyError as err:
                     err.issuer, err.cache_hit = issuer.name, True
                     raise
-                return Verified(cached.issuer, cached.claims, cached.key, cache_hit=True)
+                return Verified(cached.issuer, cached.claims, cached.key, cache_hit=True,
+                                marks=cached.marks)
         try:
             verified = await self._verify_uncached(token, allowed, trace)
         except _Refused as refused:
@@ -185,6 +191,11 @@ class Verifier:
             self._remember(digest, allowed, [err])
             raise
         self.cache[digest] = verified
+        try:
+            self.revocations.check(verified.marks, verified.claims)
+        except JwtProxyError as err:
+            err.issuer, err.cache_hit = verified.issuer, False
+            raise
         return verified
 
     def _remember(
@@ -233,7 +244,7 @@ class Verifier:
         if trace is not None:
             trace.append(Step("signature", True, f"{parsed.header['alg']} verified"))
         self.check_claims(parsed.header, parsed.claims, issuer, trace)
-        return Verified(issuer.name, parsed.claims, key)
+        return Verified(issuer.name, parsed.claims, key, marks=token_marks(parsed.claims))
 
     async def select_key(self, header: Mapping[str, Any], issuer: Issuer) -> VerifyKey:
         alg = header["alg"]

@@ -22,9 +22,10 @@ LAYERS: Final = {
     "matcher": 2, "extractor": 2, "authorizer": 2, "headers": 2, "metrics": 2, "log": 2,
     "jwks": 2, "pool": 2, "jws": 2, "algorithms": 2, "expiring": 2, "resource_metadata": 2,
     "verifier": 3, "dpop": 3, "mint": 3,  # mint: the verifier's inverse, for `jwtproxy token`
+    "revocation": 3, "revocation_file": 3, "revocation_redis": 3, "revocation_sync": 3,
     "gate": 4, "forwarder": 4,
     "app": 5, "aws_lambda": 5, "forward_auth": 5, "lambda_events": 5, "lambda_policy": 5,
-    "explain": 5, "explain_text": 5, "serve": 5,
+    "explain": 5, "revoke": 5, "explain_text": 5, "serve": 5,
     "cli": 6, "demo": 6, "supervisor": 6, "healthcheck": 6, "__main__": 6,
 }
 
@@ -45,6 +46,14 @@ SAME_LAYER: Final = {
     ("aws_lambda", "lambda_policy"),      # ... written as a policy or a simple response
     ("headers", "extractor"),             # strip reads query names as the extractor does
     ("verifier", "dpop"),                 # every accepted token passes its binding check
+    ("verifier", "revocation"),           # a verified token is checked against the list
+    ("revocation_file", "revocation"),    # the stores fill the list
+    ("revocation_redis", "revocation"),
+    ("revocation_sync", "revocation"),    # picks the store the config names
+    ("revocation_sync", "revocation_file"),
+    ("revocation_sync", "revocation_redis"),
+    ("revoke", "revocation"),
+    ("revoke", "revocation_sync"),        # `jwtproxy revoke` writes to the configured store
     ("explain", "app"),                   # prints the very error body the proxy would send
     ("explain", "explain_text"),          # the words and the rendering of the report
     ("explain", "forward_auth"),          # --forward-auth: the door's reconstruction, answer
@@ -58,7 +67,8 @@ SAME_LAYER: Final = {
 
 # Third-party libraries and the only modules allowed to import them.
 OWNERS: Final = {
-    "yaml": {"loader"},
+    "yaml": {"loader", "revocation_file"},  # the config, and the revocation list file
+    "redis": {"revocation_redis"},
     "joserfc": {"jwks", "verifier", "mint"},  # mint signs test tokens (`jwtproxy token`)
     "aiohttp.web": {"app", "forward_auth", "forwarder", "serve", "demo"},
     # client side: key fetches (jwks; app and explain open the session they pass to it)

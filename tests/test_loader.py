@@ -184,7 +184,7 @@ ONE_PROBLEM: list[tuple[str, str, str, str | None]] = [
         """), "routes[1].upstream: expected an http(s):// URL, got 'ftp://files.example.com'",
      "ftp:"),
     ("tokens two kinds", cfg(top="tokens:\n  - {header: X-Token, cookie: token}\n"),
-     "tokens[0]: expected exactly one of header, cookie, query", "X-Token"),
+     "tokens[0]: expected exactly one of header, cookie, query, websocket_protocol", "X-Token"),
     ("tokens empty", cfg(top="tokens: []\n"), "tokens: expected a non-empty list", "tokens"),
     ("tokens duplicate", cfg(top="tokens:\n  - header: X-Token\n  - header: x-token\n"),
      "tokens[1].header: duplicate token source header 'x-token'", "x-token"),
