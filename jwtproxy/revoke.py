@@ -54,7 +54,8 @@ def revoke(config: Config, args: argparse.Namespace) -> int:
 def _entry(args: argparse.Namespace, max_lifetime: float) -> Entry | str:
     """The entry the options ask for, or the usage problem. An until beyond the longest
     lifetime a token can have is capped: no token it could match outlives that."""
-    kind = next(k for k in ("jti", "sub", "origin_jti", "client_id") if getattr(args, k))
+    kind = next(k for k in ("jti", "sub", "origin_jti", "client_id")
+                if getattr(args, k) is not None)
     now = time.time()
     until = now + max_lifetime
     if args.duration is not None:
