@@ -15,6 +15,8 @@ Prints markdown tables:
                 proof per request, per proof alg (ES256, EdDSA, RS256): Verifier.verify as
                 the gate runs it (proof parse, jwk import, signature, thumbprint, htm/htu/
                 iat/ath, jti replay insert), next to the same cache hit as a bearer token
+  revocation    RevocationList.check (one set operation) with 0 / 1,000 / 100,000 entries,
+                and Verifier.verify on a cache hit with that list (the hot path it adds to)
   headers       HeaderPlan.request_headers (strip, X-Forwarded-*, three claim headers;
                 and with payload_header) and response_headers
 Each figure is the best of several repeats (like timeit), in microseconds per call.
@@ -49,6 +51,7 @@ from jwtproxy.headers import HeaderPlan, TrustedProxies, response_headers
 from jwtproxy.jwks import build_stores
 from jwtproxy.jws import parse
 from jwtproxy.matcher import RouteTable, normalize_path
+from jwtproxy.revocation import Entry, RevocationList, token_marks
 from jwtproxy.verifier import Verifier
 
 AUD = "micro-api"
@@ -310,6 +313,49 @@ async def bench_dpop(proof_algs: list[str], distinct: int, repeat: int) -> list[
     return rows
 
 
+# ----------------------------------------------------------------------------- revocation
+async def bench_revocation(counts: list[int], repeat: int, budget: float) -> list[dict[str, Any]]:
+    """The deny-list check alone, and a verified-token cache hit with it (ES256 issuer)."""
+    signer = Signer("ES256")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        issuers = {"ES256": signer.issuer(tmp)}
+        stores = build_stores(issuers.values(), None)
+        for store in stores.values():
+            await store.start()
+        revoked = RevocationList()
+        verifier = Verifier(issuers, stores, revocations=revoked)
+        one = signer.token("micro-kept")
+        claims = (await verifier.verify(one, ("ES256",))).claims
+        marks = token_marks({**claims, "origin_jti": "o-1", "client_id": "c-1"})
+        far = time.time() + 3600
+        for n in counts:
+            kinds = ("jti", "sub", "origin_jti", "client_id")
+            revoked.replace(Entry(kinds[i % 4], f"v-{i}", far) for i in range(n))
+            hit = []
+            for _ in range(repeat):
+                loops = 20000
+                t0 = time.perf_counter()
+                for _ in range(loops):
+                    v = await verifier.verify(one, ("ES256",))
+                hit.append((time.perf_counter() - t0) / loops)
+            assert v.cache_hit
+            rows.append({
+                "entries": n,
+                "check_us": best_us(lambda: revoked.check(marks, claims), repeat, budget),
+                "verify_hit_us": min(hit) * 1e6,
+            })
+        revoked.replace([Entry("sub", "micro-user", far)])
+        try:
+            await verifier.verify(one, ("ES256",))
+            raise AssertionError("a listed token was not refused")
+        except Exception as err:
+            assert "revoked" in str(err)
+        for store in stores.values():
+            await store.close()
+    return rows
+
+
 # ----------------------------------------------------------------------------- headers
 def bench_headers(repeat: int, budget: float) -> list[dict[str, Any]]:
     claims_map = (("sub", "X-Auth-Subject"), ("email", "X-Auth-Email"),
@@ -396,6 +442,12 @@ def main() -> int:
         print(f"| {r['proof_alg']} | {r['dpop_us']:.1f} | {r['bearer_hit_us']:.1f} | "
               f"{r['cost_us']:.1f} | {r['proofs']:,} |")
 
+    revocation = asyncio.run(bench_revocation([0, 1000, 100000], repeat, budget))
+    print("\n| revocation entries | check (token not listed, 4 marks) | verify, cache hit |")
+    print("|---:|---:|---:|")
+    for r in revocation:
+        print(f"| {r['entries']:,} | {r['check_us']:.3f} | {r['verify_hit_us']:.2f} |")
+
     headers = bench_headers(repeat, budget)
     print("\n| headers | us |")
     print("|---|---:|")
@@ -404,8 +456,8 @@ def main() -> int:
 
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"routes": routes, "verify": verify, "dpop": dpop, "headers": headers}, f,
-                      indent=1)
+            json.dump({"routes": routes, "verify": verify, "dpop": dpop,
+                       "revocation": revocation, "headers": headers}, f, indent=1)
     return 0
 
 

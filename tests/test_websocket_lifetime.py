@@ -21,8 +21,8 @@ import yaml
 from aiohttp import web
 
 from tests.conftest import AUDIENCE, ISSUER, Proxy, ProxyFactory, base_config
-from tests.services import ensure_debian_package
 from tests.servers import JwksEndpoint
+from tests.services import ensure_debian_package
 from tests.tokens import KeyRing, mint
 
 BOUND = 30.0  # generous: what should take a few seconds
