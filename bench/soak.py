@@ -19,6 +19,11 @@ Everything listens on 127.0.0.1. The script starts the upstream (a thread), writ
 config to a temporary directory, starts `python -m jwtproxy run` and stops only that
 process, by its pid. Exit status 0 when every check passes, 1 otherwise.
 tests/test_soak.py runs the same driver for ~20 s.
+
+With --revoke-every SECONDS, a fresh token joins the load each period and the previous
+one is revoked (by jti or sub, alternately) through the configured store (the file store,
+or --redis-url): every request with a revoked token sent after its entry reached the proxy
+must be refused, and the propagation delay of each entry is reported.
 """
 
 from __future__ import annotations
@@ -50,6 +55,12 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from jwtproxy.config import RedisStore, Revocation  # noqa: E402
+from jwtproxy.revocation import Entry, RevocationList  # noqa: E402
+from jwtproxy.revocation_sync import open_store  # noqa: E402
+
 ISSUER = "https://soak.test/"
 AUDIENCE = "api://soak"
 KID = "soak-1"
@@ -59,6 +70,7 @@ BODY_POOL = 8 * MIB  # request bodies are slices of one random buffer
 RESPONSE_POOL = MIB
 RSS_GROWTH_LIMIT = 0.10
 FD_SLACK = 2
+PROPAGATION_BOUND = 30.0  # seconds: a revocation not applied by then is a failure
 
 
 # -- keys and tokens ----------------------------------------------------------------------
@@ -105,9 +117,9 @@ class Identity:
         ]
 
 
-def proxy_config(upstream_url: str) -> dict[str, Any]:
+def proxy_config(upstream_url: str, revocation: dict[str, Any] | None = None) -> dict[str, Any]:
     """The proxy under soak: a public route and a token-protected one, one worker."""
-    return {
+    return {**({"revocation": revocation} if revocation else {}),
         "server": {"workers": 1, "graceful_timeout": "5s"},
         "log": {"level": "warning", "format": "json"},
         "issuers": {"soak": {"issuer": ISSUER, "jwks_uri": f"{upstream_url}/jwks.json",
@@ -251,6 +263,7 @@ class Item:
     size: int
     chunked: bool
     digest: str
+    doomed: str | None = None  # the jti of a token that gets revoked during the run
 
 
 @dataclass
@@ -259,6 +272,57 @@ class Outcome:
     status: int | None
     problem: str | None
     seconds: float
+    started: float = 0.0  # time.monotonic() when it was sent
+
+
+class Doomed:
+    """Tokens that join the load and are revoked one per period: `live` are still
+    drawn by the plan, `reached[jti]` is when the proxy first refused one."""
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+        self.tokens: list[tuple[str, str, str]] = []  # (sub, jti, token)
+        self.reached: dict[str, float] = {}
+        self.delays: list[float] = []
+        self.probes: set[str] = set()  # request ids of the revoker's own probes
+        self.never: list[str] = []  # revoked, yet still served after PROPAGATION_BOUND
+
+    async def revoke_loop(self, url: str, settings: Revocation, every: float,
+                          stop: asyncio.Event) -> None:
+        """Each period: a new token joins the load, the previous one is revoked; then
+        probe with it until the proxy refuses it (that moment is `reached`)."""
+        store = open_store(settings, RevocationList(), None)
+        self.mint()
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), every)
+                sub, jti, token = self.tokens[-1]
+                self.mint()
+                kind = ("jti", "sub")[len(self.reached) % 2]
+                added = time.monotonic()
+                await store.add(Entry(kind, jti if kind == "jti" else sub, time.time() + 3600))
+                while time.monotonic() - added < PROPAGATION_BOUND:
+                    probe = f"probe-{jti}-{len(self.probes)}"
+                    self.probes.add(probe)
+                    async with session.get(url + "/api/probe", headers={
+                            "Authorization": f"Bearer {token}", "X-Request-Id": probe}) as resp:
+                        await resp.read()
+                    if resp.status == 401:
+                        break
+                    await asyncio.sleep(0.01)  # probing interval
+                else:
+                    self.never.append(jti)
+                    continue
+                self.reached[jti] = time.monotonic()
+                self.delays.append(self.reached[jti] - added)
+
+    def mint(self) -> tuple[str, str, str]:
+        n = len(self.tokens)
+        sub, jti = f"doomed-{n}", f"doomed-jti-{n}"
+        found = (sub, jti, self.identity.token(sub, jti=jti))
+        self.tokens.append(found)
+        return found
 
 
 class Plan:
@@ -267,7 +331,9 @@ class Plan:
     bodies mostly under 2 KiB, some up to 1 MiB, one request in
     `big_every` between 1 and 8 MiB; half with Content-Length, half chunked."""
 
-    def __init__(self, identity: Identity, seed: int, big_every: int = 400) -> None:
+    def __init__(self, identity: Identity, seed: int, big_every: int = 400,
+                 doomed: Doomed | None = None) -> None:
+        self.doomed = doomed
         self.rng = random.Random(seed)
         self.valid = identity.valid()
         self.invalid = identity.invalid()
@@ -294,7 +360,12 @@ class Plan:
         roll = self.rng.random()
         token: str | None = None
         subject: str | None = None
-        if roll < 0.65:
+        doomed: str | None = None
+        if self.doomed is not None and self.doomed.tokens and roll < 0.05:
+            # a recent doomed token: one still good, or one revoked a moment ago
+            subject, doomed, token = self.rng.choice(self.doomed.tokens[-3:])
+            path, allowed = f"/api/doomed/{self.count}", True
+        elif roll < 0.65:
             subject, token = self.rng.choice(self.valid)
             path, allowed = f"/api/orders/{self.count}", True
         elif roll < 0.80:
@@ -309,7 +380,7 @@ class Plan:
         offset = self.rng.randrange(BODY_POOL - size + 1)
         digest = hashlib.sha256(memoryview(self.bodies)[offset:offset + size]).hexdigest()
         return Item(request_id, path, token, subject, allowed, offset, size,
-                    self.rng.random() < 0.5, digest)
+                    self.rng.random() < 0.5, digest, doomed)
 
     def payload(self, item: Item) -> Any:
         view = memoryview(self.bodies)[item.offset:item.offset + item.size]
@@ -328,22 +399,24 @@ async def send(session: aiohttp.ClientSession, url: str, plan: Plan, item: Item)
     if item.token is not None:
         headers["Authorization"] = f"Bearer {item.token}"
     method = "POST" if item.size or item.chunked else "GET"
-    started = time.perf_counter()
+    started, sent_at = time.perf_counter(), time.monotonic()
     try:
         async with session.request(method, url + item.path, data=plan.payload(item),
                                    headers=headers) as resp:
             body = await resp.read()
             problem = _check_response(item, resp.status, resp.headers, body)
-            return Outcome(item, resp.status, problem, time.perf_counter() - started)
+            return Outcome(item, resp.status, problem, time.perf_counter() - started, sent_at)
     except (aiohttp.ClientError, TimeoutError) as err:
         return Outcome(item, None, f"client error {type(err).__name__}: {err}",
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, sent_at)
 
 
 def _check_response(item: Item, status: int, headers: Any, body: bytes) -> str | None:
     echoed = headers.get("X-Request-Id")
     if echoed is not None and echoed != item.request_id:  # another request's response
         return f"the response is for X-Request-Id {echoed!r}"
+    if item.doomed is not None and status == 401:
+        return None  # revoked by now (verify() checks it was not served after it reached)
     if not item.allowed:
         if status != 401:
             return f"status {status} for a request that must be denied"
@@ -437,6 +510,7 @@ class Report:
     seconds: float
     concurrency: int
     problems: list[str] = field(default_factory=list)
+    doomed: Doomed | None = None
 
     @property
     def rss_growth(self) -> float:
@@ -446,10 +520,13 @@ class Report:
 async def soak(
     url: str, pid: int, upstream: RecordingUpstream, identity: Identity, *,
     seconds: float, warmup: float, concurrency: int, seed: int = 7, big_every: int = 400,
+    revocation: Revocation | None = None, revoke_every: float = 1.0,
 ) -> Report:
-    """Warm up, measure the proxy at rest, run the main phase while sampling RSS, measure
-    at rest again, then account for every request of both phases."""
-    plan = Plan(identity, seed, big_every)
+    """Warm up, measure the proxy at rest, run the main phase while sampling RSS (and,
+    with `revocation`, revoking a token each `revoke_every`), measure at rest again, then
+    account for every request of both phases."""
+    doomed = Doomed(identity) if revocation is not None else None
+    plan = Plan(identity, seed, big_every, doomed)
     stats = ProcessStats(pid)
     outcomes = await drive(url, plan, warmup, concurrency, "warmup")
     warm = await at_rest(stats, upstream)
@@ -461,16 +538,22 @@ async def soak(
             await asyncio.sleep(0.5)  # sampling interval
 
     sampler = asyncio.create_task(sample())
+    stop = asyncio.Event()
+    revoker = (asyncio.create_task(doomed.revoke_loop(url, revocation, revoke_every, stop))
+               if doomed is not None and revocation is not None else None)
     started = time.monotonic()
     try:
         outcomes += await drive(url, plan, seconds, concurrency, "main")
     finally:
+        stop.set()
+        if revoker is not None:
+            await revoker
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
     elapsed = time.monotonic() - started
     end = await at_rest(stats, upstream)
-    report = Report(outcomes, warm, end, samples, elapsed, concurrency)
+    report = Report(outcomes, warm, end, samples, elapsed, concurrency, doomed=doomed)
     report.problems = verify(report, upstream)
     return report
 
@@ -486,7 +569,12 @@ def verify(report: Report, upstream: RecordingUpstream) -> list[str]:
         if outcome.problem is not None:
             problems.append(f"{where}: {outcome.problem}")
         record = upstream.records.get(item.request_id)
-        if not item.allowed:
+        if item.doomed is not None and report.doomed is not None:
+            reached = report.doomed.reached.get(item.doomed)
+            if reached is not None and outcome.started >= reached and outcome.status != 401:
+                problems.append(f"{where}: served {outcome.status} after its revocation "
+                                "reached the proxy")
+        if not item.allowed or (item.doomed is not None and outcome.status == 401):
             if record is not None:
                 problems.append(f"{where}: denied, yet the upstream received it")
             continue
@@ -498,7 +586,9 @@ def verify(report: Report, upstream: RecordingUpstream) -> list[str]:
             problems.append(f"{where}: the upstream got {record.size} different bytes")
         elif record.subject != item.subject:
             problems.append(f"{where}: the upstream saw subject {record.subject!r}")
-    unknown = set(upstream.records) - sent
+    if report.doomed is not None and report.doomed.never:
+        problems.append(f"revocations never applied: {report.doomed.never}")
+    unknown = set(upstream.records) - sent - (report.doomed.probes if report.doomed else set())
     if unknown:
         problems.append(f"{len(unknown)} requests the clients never sent reached the upstream")
     if upstream.anonymous:
@@ -537,6 +627,12 @@ def summary(report: Report) -> str:
         f"at the end {report.end.fds} ({report.end.pooled} pooled)",
         f"problems      {len(report.problems)}",
     ]
+    if report.doomed is not None and report.doomed.delays:
+        delays = sorted(report.doomed.delays)
+        refused = sum(1 for o in report.outcomes if o.item.doomed and o.status == 401)
+        lines.insert(-1, f"revocations   {len(delays)} added while it ran, {refused} requests "
+                     f"with a revoked token refused; propagation ms p50 "
+                     f"{delays[len(delays) // 2] * 1000:.0f} max {delays[-1] * 1000:.0f}")
     lines.extend(f"  {problem}" for problem in report.problems[:30])
     return "\n".join(lines)
 
@@ -584,6 +680,16 @@ def run_proxy(config: dict[str, Any], port: int, admin_port: int) -> Iterator[tu
                 print(f"proxy log: {len(errors)} error lines, first: {errors[0][:300]}")
 
 
+def revocation_data(settings: Revocation | None) -> dict[str, Any] | None:
+    """The config's `revocation:` section for these settings."""
+    if settings is None:
+        return None
+    if settings.redis is not None:
+        return {"redis": {"url": settings.redis.url, "key_prefix": settings.redis.key_prefix},
+                "sync_interval": f"{settings.sync_interval}s"}
+    return {"file": settings.file}
+
+
 def _free_port() -> int:
     import socket
 
@@ -604,14 +710,25 @@ def main() -> int:
     parser.add_argument("--big-every", type=int, default=400,
                         help="one request in N carries a 1-8 MiB body (default 400)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--revoke-every", type=float, default=None, metavar="SECONDS",
+                        help="revoke a token of the load each period (file store by default)")
+    parser.add_argument("--redis-url", help="with --revoke-every: a Redis store instead")
     args = parser.parse_args()
     warmup = args.warmup if args.warmup is not None else min(30.0, max(3.0, args.duration / 5))
     identity = Identity.generate()
-    with RecordingUpstream(identity) as upstream, \
-            run_proxy(proxy_config(upstream.url), _free_port(), _free_port()) as (pid, url):
-        report = asyncio.run(soak(url, pid, upstream, identity, seconds=args.duration,
-                                  warmup=warmup, concurrency=args.concurrency,
-                                  seed=args.seed, big_every=args.big_every))
+    with tempfile.TemporaryDirectory(prefix="jwtproxy-soak-list-") as lists:
+        settings = None
+        if args.revoke_every is not None:
+            settings = (Revocation(redis=RedisStore(args.redis_url, "soak:"), sync_interval=5.0)
+                        if args.redis_url else Revocation(file=f"{lists}/revoked.yaml"))
+        with RecordingUpstream(identity) as upstream, run_proxy(
+                proxy_config(upstream.url, revocation_data(settings)), _free_port(),
+                _free_port()) as (pid, url):
+            report = asyncio.run(soak(url, pid, upstream, identity, seconds=args.duration,
+                                      warmup=warmup, concurrency=args.concurrency,
+                                      seed=args.seed, big_every=args.big_every,
+                                      revocation=settings,
+                                      revoke_every=args.revoke_every or 1.0))
     print(summary(report))
     return 1 if report.problems else 0
 

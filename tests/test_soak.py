@@ -69,3 +69,24 @@ async def test_soak_every_request_accounted_for_memory_and_fds_flat() -> None:
     assert report.problems == []
     log = proxy.final_logs  # .logs() would reopen the deleted file when the log is empty
     assert "Traceback" not in log and '"level":"error"' not in log, log[-3000:]
+
+
+async def test_soak_with_a_revocation_every_second(tmp_path: Path) -> None:
+    """Revocations added every second while the load runs (the file store): nothing lost,
+    no revoked token served after its entry reached the proxy."""
+    soak = load_soak()
+    identity = soak.Identity.generate()
+    settings = soak.Revocation(file=str(tmp_path / "revoked.yaml"))
+    with soak.RecordingUpstream(identity) as upstream, proxy_process(
+            soak.proxy_config(upstream.url, soak.revocation_data(settings))) as proxy:
+        report = await soak.soak(proxy.url, proxy.process.pid, upstream, identity,
+                                 seconds=MAIN_SECONDS, warmup=WARMUP_SECONDS / 2,
+                                 concurrency=CONCURRENCY // 2, revocation=settings)
+    print(soak.summary(report))
+    doomed = report.doomed
+    assert doomed is not None and len(doomed.reached) >= 3, "the revocations did not run"
+    refused = [o for o in report.outcomes if o.item.doomed and o.status == 401]
+    served = [o for o in report.outcomes if o.item.doomed and o.status == 200]
+    assert refused and served, "the doomed tokens were not in the load"
+    assert report.problems == [], soak.summary(report)
+    assert "Traceback" not in (proxy.final_logs or "")
