@@ -283,12 +283,12 @@ async def _until_token_ends(
     unwatch = lifetime.revocations.watch(lifetime.marks, lambda: end("token revoked"))
     try:
         await asyncio.wait((pumps, ended), return_when=asyncio.FIRST_COMPLETED)
-        if ended.done() and not pumps.done():
+        if not pumps.done():
             log.info("websocket_closed", extra={"route": route.name, "reason": ended.result()})
             await client.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION,
                                message=ended.result().encode())
             await upstream.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION)
-            await pumps
+        await pumps
     finally:
         timer.cancel()
         unwatch()

@@ -239,3 +239,20 @@ def test_sighup_rereads_the_file(tmp_path: Path, keys: KeyRing, upstream_port: i
         proxy.process.send_signal(signal.SIGHUP)
         wait_for(lambda: get(proxy, tok["carol"]) == 401, "carol refused after SIGHUP")
         assert get(proxy, tok["alice"]) == 200
+
+
+def test_redis_down_at_start_up_serves_then_loads_once_it_answers(
+    tmp_path: Path, keys: KeyRing, upstream_port: int, redis_server: RedisServer
+) -> None:
+    redis_server.stop()
+    cfg = config(tmp_path, keys, upstream_port, {
+        "redis": {"url": redis_server.url, "key_prefix": "t3:"}, "sync_interval": "1s"})
+    tok = tokens(keys)
+    with proxy_process(cfg) as proxy:  # waits for /readyz: ready without Redis
+        assert "revocation_list_not_loaded" in proxy.logs()
+        assert metric(proxy, 'jwtproxy_revocation_sync_total{result="error"}') >= 1
+        assert get(proxy, tok["alice"]) == 200
+        redis_server.start()
+        assert revoke(proxy.config_path, "--sub", "alice").returncode == 0
+        wait_for(lambda: get(proxy, tok["alice"]) == 401, "alice refused once Redis answers")
+        assert get(proxy, tok["bob"]) == 200
