@@ -24,6 +24,8 @@ CATALOG: Final[dict[str, frozenset[str]]] = {
     "jwtproxy_upstream_connections_closed_total": frozenset({"reason"}),
     "jwtproxy_token_cache_total": frozenset({"result"}),
     "jwtproxy_config_reloads_total": frozenset({"result"}),
+    "jwtproxy_revocation_sync_total": frozenset({"result"}),
+    "jwtproxy_revocations": frozenset({"kind"}),
     "jwtproxy_build_info": frozenset({"version"}),
 }
 HISTOGRAMS: Final = frozenset(
