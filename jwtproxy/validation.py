@@ -24,8 +24,6 @@ from .config import (
     Log,
     Match,
     ResourceMetadata,
-    RedisStore,
-    Revocation,
     Route,
     Server,
     Tls,
@@ -35,6 +33,7 @@ from .config import (
 )
 from .fields import HOST_NAME, build
 from .issuer_validation import IssuerValidator
+from .revocation_validation import revocation_settings
 
 HEADER_NAME: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2 token
 # Claim headers are stripped from every request on every route, then set: none of these
@@ -43,7 +42,6 @@ NOT_FOR_CLAIMS: Final = HOP_BY_HOP | PROXY_SET_HEADERS | {
     "host", "content-length", "content-type", "content-encoding", "expect", "authorization",
     "cookie"}
 TOKEN_SOURCE_KINDS: Final = ("header", "cookie", "query", "websocket_protocol")
-REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 METHODS: Final = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 )
@@ -66,7 +64,8 @@ class Validator(IssuerValidator):
         tokens = self.tokens(top.get("tokens"))
         routes = self.routes(top.get("routes"), issuers)
         forward_auth = self.forward_auth(top["forward_auth"]) if "forward_auth" in top else None
-        revocation = self.revocation(top["revocation"]) if "revocation" in top else None
+        revocation = (revocation_settings(self, top["revocation"]) if "revocation" in top
+                      else None)
         if server.listen == admin.listen:
             self.problem("admin.listen", "must differ from server.listen")
         if forward_auth is not None and forward_auth.listen in (server.listen, admin.listen):
@@ -228,35 +227,6 @@ class Validator(IssuerValidator):
         self.token_headers = frozenset(
             _header_key(source.name) for source in out if source.kind == "header")
         return tuple(out)
-
-    def revocation(self, value: Any) -> Revocation:
-        path = "revocation"
-        raw = self.mapping(path, value, {"file", "redis", "sync_interval", "max_token_lifetime"})
-        kwargs: dict[str, Any] = {}
-        if ("file" in raw) == ("redis" in raw):
-            self.problem(path, "expected exactly one store: file or redis")
-        if "file" in raw:
-            name = self.string(f"{path}.file", raw["file"])
-            # the file need not exist yet: `jwtproxy revoke` creates it
-            kwargs["file"] = str(self.base_dir / name) if name else None
-        if "redis" in raw:
-            shared = self.mapping(f"{path}.redis", raw["redis"], {"url", "key_prefix"})
-            url = self.string(f"{path}.redis.url", shared.get("url"))
-            if url is not None and urlsplit(url).scheme not in REDIS_SCHEMES:
-                self.problem(f"{path}.redis.url", f"expected redis://, rediss:// or unix://, "
-                             f"got {url!r}")
-                url = None
-            prefix = (self.string(f"{path}.redis.key_prefix", shared["key_prefix"])
-                      if "key_prefix" in shared else None)
-            if url is not None:
-                kwargs["redis"] = build(RedisStore, {"url": url, "key_prefix": prefix})
-        for key in ("sync_interval", "max_token_lifetime"):
-            if key in raw:
-                kwargs[key] = self.duration(f"{path}.{key}", raw[key])
-                if kwargs[key] == 0:
-                    self.problem(f"{path}.{key}", "must be more than 0")
-                    kwargs[key] = None
-        return build(Revocation, kwargs)
 
     def token_name(self, path: str, value: Any) -> str | None:
         """A header or cookie name: an RFC 9110 §5.6.2 token (RFC 6265 §4.1.1 cookie-name)."""

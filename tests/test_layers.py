@@ -18,7 +18,7 @@ PACKAGE: Final = Path(__file__).resolve().parent.parent / "jwtproxy"
 LAYERS: Final = {
     "__init__": 0, "errors": 0,
     "config": 1, "arn_patterns": 1, "fields": 1, "issuer_validation": 1, "validation": 1,
-    "loader": 1,
+    "loader": 1, "revocation_validation": 1,
     "matcher": 2, "extractor": 2, "authorizer": 2, "headers": 2, "metrics": 2, "log": 2,
     "jwks": 2, "pool": 2, "jws": 2, "algorithms": 2, "expiring": 2, "resource_metadata": 2,
     "verifier": 3, "dpop": 3, "mint": 3,  # mint: the verifier's inverse, for `jwtproxy token`
@@ -36,7 +36,10 @@ SAME_LAYER: Final = {
     ("issuer_validation", "fields"),      # ... from single checked values
     ("validation", "config"),
     ("validation", "fields"),
-    ("validation", "issuer_validation"),  # the issuers: section
+    ("validation", "issuer_validation"),
+    ("validation", "revocation_validation"),  # the revocation: section
+    ("revocation_validation", "config"),
+    ("revocation_validation", "fields"),  # the issuers: section
     ("validation", "arn_patterns"),       # `check` refuses what policy_scope: routes cannot say
     ("arn_patterns", "config"),           # routes written as IAM patterns
     ("loader", "config"),                 # load_text returns a `Config`
