@@ -15,11 +15,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .errors import Revoked
 from .fields import DURATION_PATTERN, DURATION_UNITS
-from .metrics import Metrics
+
+if TYPE_CHECKING:  # the Lambda door verifies tokens without prometheus-client
+    from .metrics import Metrics
 
 log = logging.getLogger("jwtproxy.revocation")
 
