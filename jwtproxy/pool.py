@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import ssl
+import struct
+import termios
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Final, cast
@@ -54,6 +57,7 @@ class Connection(asyncio.Protocol):
         self.loop = loop
         self.on_close = on_close
         self.transport: asyncio.Transport | None = None
+        self.fd = -1
         self.closed = False
         self.poisoned: str | None = None
         self.in_exchange = False
@@ -93,6 +97,21 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        self.fd: int = sock.fileno() if sock is not None else -1
+
+    def has_unread_bytes(self) -> bool:
+        """Bytes in the kernel's receive queue that the loop has not read yet (FIONREAD).
+        A parked connection must have none: bytes that arrived in the same loop turn as
+        the client's next request would otherwise be read as that request's answer."""
+        if self.fd < 0:
+            return False
+        try:
+            waiting: int = struct.unpack(
+                "i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return True  # cannot tell: do not reuse
+        return waiting > 0
 
     def data_received(self, data: bytes) -> None:
         if not self.in_exchange:
@@ -341,8 +360,11 @@ class UpstreamPool:
             idle = parked.pop(key, None)
             if idle is not None:
                 self._unpark(idle)
-                if (not idle.closed and idle.transport is not None
-                        and not idle.transport.is_closing()):
+                if idle.closed or idle.transport is None or idle.transport.is_closing():
+                    pass
+                elif idle.has_unread_bytes():
+                    idle.poison("idle_bytes")
+                else:
                     return idle, True
         loop = asyncio.get_running_loop()
         try:

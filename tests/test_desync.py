@@ -345,3 +345,41 @@ async def test_a_closed_client_connection_closes_its_parked_upstream_connection(
     async with aiohttp.ClientSession() as session:
         assert (await session.get(proxy.client.make_url("/public/x"))).status == 200
     await asyncio.wait_for(upstream.ended[0].wait(), 5)
+
+
+async def test_bytes_waiting_unread_on_a_parked_connection_are_never_an_answer(
+    make_proxy: ProxyFactory, jwks: Jwks, scripted: ScriptedFactory
+) -> None:
+    """Stale bytes that reached the proxy's socket but that the loop has not read yet (they
+    arrived in the same turn as the client's next request): the parked connection is not
+    reused; the next request goes out on a fresh one and gets its own answer."""
+    stale_sent = asyncio.Event()
+    send_stale = asyncio.Event()
+
+    async def answer(turn: Turn) -> bool:
+        rid = turn.request.target.rsplit("/", 1)[1]
+        await turn.send(response(rid))
+        if turn.connection == 0 and turn.number == 0:
+            await send_stale.wait()
+            await turn.send(response("userA", "STALE"))
+            stale_sent.set()
+        return True
+
+    upstream = await scripted(answer)
+    proxy = await make_proxy(base_config(jwks[1], upstream.url))
+    assert await (await proxy.client.get("/public/x/userA")).read() == body("userA")
+    (parked,) = proxy.app.forwarder.pool.parked
+    assert parked.transport is not None
+    parked.transport.pause_reading()  # the loop will not read what comes: it stays queued
+    send_stale.set()
+    await asyncio.wait_for(stale_sent.wait(), 5)
+    for _ in range(500):  # until the kernel has it (polling, bounded)
+        if parked.has_unread_bytes():
+            break
+        await asyncio.sleep(0.01)
+    assert parked.has_unread_bytes()
+    resp = await proxy.client.get("/public/x/userB")
+    assert (resp.status, await resp.read()) == (200, body("userB"))
+    assert upstream.connections == 2
+    assert await proxy.metric("jwtproxy_upstream_connections_closed_total",
+                              reason="idle_bytes") == 1
