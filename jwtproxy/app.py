@@ -349,7 +349,17 @@ def _access_fields(
     }
     if timing.seconds is not None:
         fields["upstream_ms"] = round(timing.seconds * 1000, 3)
-    trace = trace_id(request.headers)
+    fields.update(decision_fields(request.headers, decision))
+    return fields
+
+
+def decision_fields(
+    headers: CIMultiDictProxy[str], decision: Decision | None
+) -> dict[str, Any]:
+    """What every door's access line says of a decision: the trace id, the issuer, the auth
+    reason (and DPoP check), `sub` and `jti` (never the token)."""
+    fields: dict[str, Any] = {}
+    trace = trace_id(headers)
     if trace is not None:
         fields["trace_id"] = trace
     if decision is not None and decision.auth_reason is not None:

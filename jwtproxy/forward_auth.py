@@ -20,9 +20,9 @@ from typing import Any, Final, Literal
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from .app import ProxyApp, error_response, peer_address, trace_id
+from .app import ProxyApp, decision_fields, error_response, peer_address
 from .config import Config, ForwardAuth, Route
-from .errors import DpopError, HeaderSectionTooLarge, InvalidRequest, JwtProxyError, NotFound
+from .errors import HeaderSectionTooLarge, InvalidRequest, JwtProxyError, NotFound
 from .gate import Challenge, Decision, RequestView
 from .headers import TrustedProxies, claim_header_value, encoded_claims
 from .log import ACCESS_LOGGER
@@ -222,16 +222,6 @@ def _access_fields(
                       path=original.target.partition("?")[0])
     else:
         fields.update(method=request.method, path=request.path)
-    trace = trace_id(request.headers)  # gateways pass the original request's headers on
-    if trace is not None:
-        fields["trace_id"] = trace
-    if decision is not None and decision.auth_reason is not None:
-        fields["issuer"] = decision.issuer
-        fields["auth"] = decision.auth_reason
-        if isinstance(decision.error, DpopError):
-            fields["dpop"] = decision.error.check
-        if decision.claims is not None:
-            for claim in ("sub", "jti"):
-                if isinstance(decision.claims.get(claim), str):
-                    fields[claim] = decision.claims[claim][:128]
+    # gateways pass the original request's headers (traceparent too) on
+    fields.update(decision_fields(request.headers, decision))
     return fields

@@ -98,7 +98,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         sock = transport.get_extra_info("socket")
-        self.fd: int = sock.fileno() if sock is not None else -1
+        self.fd = sock.fileno() if sock is not None else -1
 
     def has_unread_bytes(self) -> bool:
         """Bytes in the kernel's receive queue that the loop has not read yet (FIONREAD).
