@@ -23,7 +23,8 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import NO_UPSTREAM, Config
-from .dpop import MemoryReplayCache, ProofChecker
+from .dpop import MemoryReplayCache, ProofChecker, ReplayCache
+from .dpop_replay import RedisReplayCache
 from .errors import (
     DpopError,
     Forbidden,
@@ -130,6 +131,7 @@ class ProxyApp:
         self.draining = False  # set on SIGTERM: /readyz answers 503 so traffic moves away
         # one per process, kept across reloads: a proof seen before a reload stays seen
         self.replay = MemoryReplayCache()
+        self.shared_replay: RedisReplayCache | None = None  # with revocation.redis
         self.revocations = Revocations(metrics)
         self._flusher: asyncio.Task[None] | None = None
 
@@ -160,6 +162,8 @@ class ProxyApp:
             self._flusher.cancel()
         self.metrics.flush()
         await self.revocations.close()
+        if self.shared_replay is not None:
+            await self.shared_replay.close()
         if self.state is not None:
             await asyncio.gather(*(store.close() for store in self.state.stores.values()))
         await self.forwarder.close()
@@ -179,13 +183,25 @@ class ProxyApp:
                 fresh.append(stores[name])
         await asyncio.gather(*(store.start() for store in fresh))
         verifier = Verifier(config.issuers, stores, proofs=ProofChecker(
-            self.replay, max_proof_bytes=config.server.max_token_bytes),
+            await self._replay_cache(config), max_proof_bytes=config.server.max_token_bytes),
             revocations=self.revocations.list)
         for issuer in config.issuers.values():
             if not issuer.audiences:
                 log.warning("issuer_without_audiences", extra={"issuer": issuer.name})
         return State(config, Gate(config, verifier), stores, header_section_limit(config),
                      CredentialStrip(config.tokens), header_plans(config))
+
+    async def _replay_cache(self, config: Config) -> ReplayCache:
+        """Where proof jtis are remembered: the revocation list's Redis when there is one
+        (every replica sees every proof), else this process's memory."""
+        settings = config.revocation.redis if config.revocation is not None else None
+        if settings is None:
+            return self.replay
+        if self.shared_replay is None or self.shared_replay.settings != settings:
+            old, self.shared_replay = self.shared_replay, RedisReplayCache(settings, self.replay)
+            if old is not None:
+                await old.close()
+        return self.shared_replay
 
     async def reload(self, config: Config) -> None:
         assert self.state is not None

@@ -30,6 +30,7 @@ from tests import test_forward_auth
 from tests.conftest import AUDIENCE, ISSUER, Proxy, ProxyFactory, base_config
 from tests.corpus import forge, generate
 from tests.servers import EchoUpstream, JwksEndpoint
+from tests.services import start_redis
 from tests.test_forward_auth import DoorFactory, config_for, traefik
 from tests.tokens import KeyRing, SigningKey, b64, b64json, mint
 
@@ -410,3 +411,39 @@ async def test_without_a_dpop_setting_bound_tokens_still_need_proofs_but_none_is
     challenges = resp.headers.getall("WWW-Authenticate")
     assert challenges[0].startswith('DPoP error="invalid_dpop_proof"')  # the client used it
     assert challenges[1] == 'Bearer realm="jwtproxy"'
+
+
+async def test_a_proof_replayed_to_another_replica_sharing_redis_is_refused(
+    make_proxy: ProxyFactory, jwks: tuple[JwksEndpoint, str],
+    upstream: tuple[EchoUpstream, str], keys: KeyRing,
+) -> None:
+    """Two replicas behind one name (X-Forwarded-* from a trusted balancer) on one real
+    Redis (the revocation list's): a proof accepted by one is a replay at the other. With
+    Redis gone, each still refuses what it saw itself and keeps serving."""
+    server = start_redis()
+    if server is None:
+        pytest.fail("redis-server is not installed and apt-get could not install it")
+    try:
+        config = dpop_config(jwks[1], upstream[1], mode="allowed")
+        config["server"] = {"trusted_proxies": ["127.0.0.1/32"]}
+        config["revocation"] = {"redis": {"url": server.url}}
+        first, second = await make_proxy(config), await make_proxy(config)
+        holder = keys.ec
+        token = bound_token(keys, holder)
+        htu = "https://api.example" + PATH
+        balancer = [("X-Forwarded-Host", "api.example"), ("X-Forwarded-Proto", "https")]
+
+        async def present(proxy: Proxy, dpop: str) -> Any:
+            return await proxy.client.get(PATH, headers=[
+                ("Authorization", f"DPoP {token}"), ("DPoP", dpop), *balancer])
+
+        good = proof(holder, htu, token)
+        assert (await present(first, good)).status == 200
+        await assert_dpop_refused(await present(second, good))
+        assert (await present(second, proof(holder, htu, token))).status == 200
+        server.stop()
+        alone = proof(holder, htu, token)
+        assert (await present(first, alone)).status == 200
+        await assert_dpop_refused(await present(first, alone))
+    finally:
+        server.stop()

@@ -23,6 +23,7 @@ LAYERS: Final = {
     "jwks": 2, "pool": 2, "jws": 2, "algorithms": 2, "expiring": 2, "resource_metadata": 2,
     "verifier": 3, "dpop": 3, "mint": 3,  # mint: the verifier's inverse, for `jwtproxy token`
     "revocation": 3, "revocation_file": 3, "revocation_redis": 3, "revocation_sync": 3,
+    "dpop_replay": 3,
     "gate": 4, "forwarder": 4,
     "app": 5, "aws_lambda": 5, "forward_auth": 5, "lambda_events": 5, "lambda_policy": 5,
     "explain": 5, "revoke": 5, "explain_text": 5, "serve": 5,
@@ -49,6 +50,7 @@ SAME_LAYER: Final = {
     ("aws_lambda", "lambda_policy"),      # ... written as a policy or a simple response
     ("headers", "extractor"),             # strip reads query names as the extractor does
     ("verifier", "dpop"),                 # every accepted token passes its binding check
+    ("dpop_replay", "dpop"),              # the shared replay store keeps the local one too
     ("verifier", "revocation"),           # a verified token is checked against the list
     ("revocation_file", "revocation"),    # the stores fill the list
     ("revocation_redis", "revocation"),
@@ -71,7 +73,7 @@ SAME_LAYER: Final = {
 # Third-party libraries and the only modules allowed to import them.
 OWNERS: Final = {
     "yaml": {"loader", "revocation_file"},  # the config, and the revocation list file
-    "redis": {"revocation_redis"},
+    "redis": {"revocation_redis", "dpop_replay"},
     "joserfc": {"jwks", "verifier", "mint"},  # mint signs test tokens (`jwtproxy token`)
     "aiohttp.web": {"app", "forward_auth", "forwarder", "serve", "demo"},
     # client side: key fetches (jwks; app and explain open the session they pass to it)
