@@ -66,11 +66,12 @@ JWTPROXY_PY="${PYTHON:-}"
 if [[ -z "$JWTPROXY_PY" && "$SMOKE" != 1 && -z "${JWTPROXY_CMD:-}" && -x /usr/bin/python3 ]] &&
     /usr/bin/python3 -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   venv_dir="$BENCH_RUN/venv-system-python"
-  if [[ ! -x "$venv_dir/bin/python" ]] || ! "$venv_dir/bin/python" -c 'import jwtproxy, uvloop' 2>/dev/null; then
+  if [[ ! -x "$venv_dir/bin/python" ]]; then
     log "creating $venv_dir (jwtproxy on /usr/bin/python3)"
-    /usr/bin/python3 -m venv "$venv_dir" &&
-      "$venv_dir/bin/pip" install -q -e "$ROOT[fast]" >&2 || die "could not set up $venv_dir"
+    /usr/bin/python3 -m venv "$venv_dir" || die "could not create $venv_dir"
   fi
+  # every run: the tree's dependencies may have changed since the venv was made
+  "$venv_dir/bin/pip" install -q -e "$ROOT[fast]" >&2 || die "could not install jwtproxy into $venv_dir"
   JWTPROXY_PY="$venv_dir/bin/python"
 fi
 JWTPROXY_PY="${JWTPROXY_PY:-$PY}"

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import aiohttp
 from aiohttp import HttpVersion11, web
@@ -24,7 +24,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import NO_UPSTREAM, Config
 from .dpop import MemoryReplayCache, ProofChecker, ReplayCache
-from .dpop_replay import RedisReplayCache
 from .errors import (
     DpopError,
     Forbidden,
@@ -45,6 +44,9 @@ from .pool import Parked, UpstreamPool
 from .revocation import Lifetime, token_marks
 from .revocation_sync import Revocations
 from .verifier import Verifier
+
+if TYPE_CHECKING:
+    from .dpop_replay import RedisReplayCache
 
 log = logging.getLogger("jwtproxy.app")
 access_log = logging.getLogger(ACCESS_LOGGER)
@@ -198,6 +200,8 @@ class ProxyApp:
         if settings is None:
             return self.replay
         if self.shared_replay is None or self.shared_replay.settings != settings:
+            from .dpop_replay import RedisReplayCache  # only with Redis: the client is ~4 MB
+
             old, self.shared_replay = self.shared_replay, RedisReplayCache(settings, self.replay)
             if old is not None:
                 await old.close()
