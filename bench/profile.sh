@@ -68,7 +68,7 @@ done
 case $PATH_KIND in
   valid|public) args=(-H "Authorization: Bearer $(cat $RUN/keys/valid.jwt)") ;;
   invalid) args=(-H "Authorization: Bearer $(cat $RUN/keys/badsig.jwt)") ;;
-  distinct) args=(-s bench/bench.lua) ; export TOKENS_FILE=$RUN/keys/distinct.txt ;;
+  distinct) args=(-s bench/bench.lua) ; export BENCH_TOKENS=$RUN/keys/distinct.txt ;;
   *) echo "path: valid|distinct|invalid|public" >&2; exit 2 ;;
 esac
 wrk -t1 -c32 -d2s "${args[@]}" "http://127.0.0.1:$PROXY_PORT/" >/dev/null  # warm-up
