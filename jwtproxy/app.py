@@ -23,6 +23,7 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import NO_UPSTREAM, Config
+from .connection import Parked
 from .dpop import MemoryReplayCache, ProofChecker, ReplayCache
 from .errors import (
     DpopError,
@@ -40,7 +41,7 @@ from .headers import CredentialStrip, HeaderPlan, header_plans
 from .jwks import KeyStore
 from .log import ACCESS_LOGGER
 from .metrics import NO_ISSUER, NO_ROUTE, Metrics
-from .pool import Parked, UpstreamPool
+from .pool import UpstreamPool
 from .revocation import Lifetime, token_marks
 from .revocation_sync import Revocations
 from .verifier import Verifier

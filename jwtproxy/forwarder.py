@@ -1,5 +1,5 @@
 """Streams the request upstream and the response back: HTTP over the lean keep-alive
-pool (pool.py), WebSocket upgrades over one aiohttp ClientSession.
+pool (pool.py, connection.py), WebSocket upgrades over one aiohttp ClientSession.
 
 Upstream failures before the response starts become 502 (refused, reset) or 504 (timed
 out); after it has started, the client connection is cut so a truncated body is never
@@ -23,16 +23,10 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .config import Route
+from .connection import Connection, Parked, PoolKey, UpstreamError, UpstreamTimedOut
 from .errors import ClientBodyTimeout, ClientGone, UpstreamTimeout, UpstreamUnavailable
 from .headers import REQUEST_ID, Fields, response_bytes, response_headers
-from .pool import (
-    Connection,
-    Parked,
-    PoolKey,
-    UpstreamError,
-    UpstreamPool,
-    UpstreamTimedOut,
-)
+from .pool import UpstreamPool
 from .revocation import Lifetime
 
 log = logging.getLogger("jwtproxy.forwarder")

@@ -20,7 +20,8 @@ LAYERS: Final = {
     "config": 1, "arn_patterns": 1, "fields": 1, "issuer_validation": 1, "validation": 1,
     "loader": 1, "revocation_validation": 1,
     "matcher": 2, "extractor": 2, "authorizer": 2, "headers": 2, "metrics": 2, "log": 2,
-    "jwks": 2, "pool": 2, "jws": 2, "algorithms": 2, "expiring": 2, "resource_metadata": 2,
+    "jwks": 2, "pool": 2, "connection": 2, "jws": 2, "algorithms": 2, "expiring": 2,
+    "resource_metadata": 2,
     "verifier": 3, "dpop": 3, "mint": 3,  # mint: the verifier's inverse, for `jwtproxy token`
     "revocation": 3, "revocation_file": 3, "revocation_redis": 3, "revocation_sync": 3,
     "dpop_replay": 3,
@@ -32,6 +33,7 @@ LAYERS: Final = {
 
 # Imports within one layer: each one deliberate, listed here.
 SAME_LAYER: Final = {
+    ("pool", "connection"),               # the pool holds connections, each its own exchange
     ("fields", "config"),                 # a listen address becomes a `Listen`; url_allowed
     ("issuer_validation", "config"),      # the checks build the value objects
     ("issuer_validation", "fields"),      # ... from single checked values
@@ -82,7 +84,7 @@ OWNERS: Final = {
     # opens its key session
     "aiohttp": {"app", "forward_auth", "forwarder", "serve", "demo", "jwks", "explain", "log",
                 "aws_lambda"},
-    "httptools": {"pool"},
+    "httptools": {"connection"},
     "prometheus_client": {"metrics", "supervisor"},
 }
 
