@@ -29,12 +29,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from .app import ProxyApp, admin_app, door_server, proxy_server
+from .app import ProxyApp
 from .errors import ConfigError
 from .forward_auth import ForwardAuthDoor
 from .loader import load_text
 from .log import setup_logging
 from .metrics import Metrics
+from .server import admin_app, door_server, proxy_server
 
 DEFAULT_PORT: Final = 8080
 DEFAULT_ADMIN_PORT: Final = 9090

@@ -13,12 +13,13 @@ from typing import Final
 
 from aiohttp import web
 
-from .app import ProxyApp, admin_app, door_server, proxy_server, server_ssl_context
+from .app import ProxyApp
 from .config import Config
 from .errors import ConfigError
 from .forward_auth import ForwardAuthDoor
 from .loader import load_file
 from .metrics import Metrics
+from .server import admin_app, door_server, proxy_server, server_ssl_context
 
 log = logging.getLogger("jwtproxy.serve")
 

@@ -14,10 +14,11 @@ from aiohttp.test_utils import BaseTestServer, TestClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from jwtproxy.app import ProxyApp, admin_app, proxy_server
+from jwtproxy.app import ProxyApp
 from jwtproxy.config import Config
 from jwtproxy.loader import load_text
 from jwtproxy.metrics import Metrics
+from jwtproxy.server import admin_app, proxy_server
 from tests.scripted import scripted  # noqa: F401 (a fixture for every test module)
 from tests.servers import EchoUpstream, JwksEndpoint
 from tests.tokens import KeyRing, make_keyring

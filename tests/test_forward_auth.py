@@ -24,12 +24,13 @@ from aiohttp import web
 from aiohttp.test_utils import RawTestServer, TestClient
 from prometheus_client import CollectorRegistry
 
-from jwtproxy.app import ProxyApp, admin_app, server_options
+from jwtproxy.app import ProxyApp
 from jwtproxy.cli import main
 from jwtproxy.errors import ConfigError
 from jwtproxy.forward_auth import ForwardAuthDoor
 from jwtproxy.loader import load_text
 from jwtproxy.metrics import Metrics
+from jwtproxy.server import admin_app, server_options
 from tests.conftest import AUDIENCE, ISSUER, Proxy, ProxyFactory, base_config
 from tests.proc import proxy_process
 from tests.servers import EchoUpstream, JwksEndpoint

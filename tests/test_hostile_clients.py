@@ -17,7 +17,7 @@ from urllib.parse import unquote
 import httptools
 import pytest
 
-from jwtproxy.app import server_options
+from jwtproxy.server import server_options
 from tests.conftest import AUDIENCE, ISSUER, Proxy, ProxyFactory, base_config
 from tests.proc import proxy_process
 from tests.servers import HeaderLookup, JwksEndpoint

@@ -27,7 +27,7 @@ LAYERS: Final = {
     "dpop_replay": 3,
     "gate": 4, "forwarder": 4,
     "app": 5, "aws_lambda": 5, "forward_auth": 5, "lambda_events": 5, "lambda_policy": 5,
-    "explain": 5, "revoke": 5, "explain_text": 5, "serve": 5,
+    "explain": 5, "revoke": 5, "explain_text": 5, "serve": 5, "server": 5,
     "cli": 6, "demo": 6, "supervisor": 6, "healthcheck": 6, "__main__": 6,
 }
 
@@ -65,6 +65,8 @@ SAME_LAYER: Final = {
     ("explain", "explain_text"),          # the words and the rendering of the report
     ("explain", "forward_auth"),          # --forward-auth: the door's reconstruction, answer
     ("serve", "app"),                     # runs the apps
+    ("serve", "server"),                  # ... on their servers
+    ("server", "app"),                    # the proxy's server runs the proxy door
     ("serve", "forward_auth"),            # ... and the forward-auth door
     ("forward_auth", "app"),              # the proxy's State and its very error answers
     ("cli", "demo"),                      # `jwtproxy demo`
@@ -77,13 +79,13 @@ OWNERS: Final = {
     "yaml": {"loader", "revocation_file"},  # the config, and the revocation list file
     "redis": {"revocation_redis", "dpop_replay"},
     "joserfc": {"jwks", "verifier", "mint"},  # mint signs test tokens (`jwtproxy token`)
-    "aiohttp.web": {"app", "forward_auth", "forwarder", "serve", "demo"},
+    "aiohttp.web": {"app", "forward_auth", "forwarder", "serve", "demo", "server"},
     # client side: key fetches (jwks; app and explain open the session they pass to it)
     # and the upstream side (forwarder); the web modules may use it too; log filters
     # aiohttp's parser errors (aiohttp.http_exceptions) out of the log; the Lambda door
     # opens its key session
     "aiohttp": {"app", "forward_auth", "forwarder", "serve", "demo", "jwks", "explain", "log",
-                "aws_lambda"},
+                "aws_lambda", "server"},
     "httptools": {"connection"},
     "prometheus_client": {"metrics", "supervisor"},
 }
