@@ -29,6 +29,17 @@ import yaml
 START_TIMEOUT = 20.0
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process this test started (by its PID), SIGKILL if it lingers."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -117,11 +128,5 @@ def proxy_process(
                     _poll(proc, "/readyz", deadline)
                 yield proc
             finally:
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
-                    try:
-                        process.wait(timeout=15)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                        process.wait()
+                stop(process)
                 proc.final_logs = log_path.read_text(errors="replace")

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any, Final
 
 import pytest
 
-from tests.proc import ProxyProcess, free_port, proxy_process
+from tests.proc import ProxyProcess, free_port, proxy_process, stop
 from tests.servers import EchoUpstream, JwksEndpoint, Received
 from tests.threaded import serve_in_thread
 from tests.tokens import KeyRing, make_keyring, mint
@@ -145,13 +144,7 @@ def gateway(command: list[str], port: int, workdir: Path, log: Path,
             time.sleep(0.05)  # polling interval, not a readiness guess
         yield port
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
 
 
 def nginx_config(tmp: Path, port: int, backend: Backend) -> str:

@@ -4,30 +4,14 @@ bench/reload_storm.py (also a script for the long version)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
+from tests.bench_scripts import load
 
-STORM_PATH = Path(__file__).resolve().parent.parent / "bench" / "reload_storm.py"
 RELOADS = 301  # odd: the last config is B, without the http upstream
 CONCURRENCY = 2
 
 
-def load_storm() -> ModuleType:
-    name = "jwtproxy_bench_reload_storm"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, STORM_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_reload_storm_keeps_fds_connections_and_memory_flat() -> None:
-    storm = load_storm()
+    storm = load("reload_storm")
     report = storm.storm(RELOADS, CONCURRENCY)
     assert storm.bounded(report, CONCURRENCY) == []
     assert report.failures == []

@@ -5,33 +5,18 @@ longer runs); this test runs it briefly and asserts its findings one by one."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
+from tests.bench_scripts import load
 from tests.proc import proxy_process
 
-SOAK_PATH = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
 WARMUP_SECONDS = 4.0
 MAIN_SECONDS = 12.0
 CONCURRENCY = 128
 
 
-def load_soak() -> ModuleType:
-    name = "jwtproxy_bench_soak"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SOAK_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
 async def test_soak_every_request_accounted_for_memory_and_fds_flat() -> None:
-    soak = load_soak()
+    soak = load("soak")
     identity = soak.Identity.generate()
     with soak.RecordingUpstream(identity) as upstream, \
             proxy_process(soak.proxy_config(upstream.url)) as proxy:
@@ -74,7 +59,7 @@ async def test_soak_every_request_accounted_for_memory_and_fds_flat() -> None:
 async def test_soak_with_a_revocation_every_second(tmp_path: Path) -> None:
     """Revocations added every second while the load runs (the file store): nothing lost,
     no revoked token served after its entry reached the proxy."""
-    soak = load_soak()
+    soak = load("soak")
     identity = soak.Identity.generate()
     settings = soak.Revocation(file=str(tmp_path / "revoked.yaml"))
     with soak.RecordingUpstream(identity) as upstream, proxy_process(
