@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -178,16 +180,20 @@ class Browser:
 
     @contextlib.asynccontextmanager
     async def open(self, fragment: str) -> AsyncIterator[subprocess.Popen[bytes]]:
-        with tempfile.TemporaryDirectory(prefix="jwtproxy-chromium-") as profile:
+        # the profile may still be written to by a dying renderer: its removal is best effort
+        with tempfile.TemporaryDirectory(prefix="jwtproxy-chromium-",
+                                         ignore_cleanup_errors=True) as profile:
             process = subprocess.Popen(
                 [self.binary, "--headless=new", "--no-sandbox", "--disable-gpu",
                  "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
                  "--remote-debugging-port=0", self.base + "#" + fragment],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True)  # its own process group: its children go with it
             try:
                 yield process
             finally:
-                process.kill()  # the PID this started
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)  # the group this started
                 process.wait(timeout=30)
 
 
