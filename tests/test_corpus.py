@@ -72,6 +72,23 @@ CASE_NAMES: Final = [case.name for case in generate.build_corpus(KEYS)]
 NODE_CASE_NAMES: Final = [f"node-jose-{alg.lower()}" for alg in node_mint.NODE_ALGORITHMS]
 
 
+def decision_problems(
+    case: Any, status: int, before: Counter[tuple[str, str, str]],
+    after: Counter[tuple[str, str, str]],
+) -> list[str]:
+    """What a door got wrong about a corpus case: the status, and whether
+    jwtproxy_auth_total moved by exactly one on the expected route, result and reason."""
+    problems: list[str] = []
+    if status != case.expected_status:
+        problems.append(f"status {status}, expected {case.expected_status}")
+    result = "allowed" if case.expected_status == 200 else "denied"
+    expected_delta = {(case.route_name, result, case.expected_reason): 1.0}
+    delta = {key: after[key] - before[key] for key in after if after[key] != before[key]}
+    if delta != expected_delta:
+        problems.append(f"jwtproxy_auth_total moved {delta}, expected {expected_delta}")
+    return problems
+
+
 def proxy_config(keys_url: str, attacker_url: str, upstream_url: str) -> dict[str, Any]:
     del attacker_url  # never configured anywhere: only tokens name it
     jwks = {"cache_ttl": "10m", "refresh_min_interval": "1s", "stale_if_error": "1h"}
@@ -300,15 +317,7 @@ def check(world: World, case: Case) -> None:
     status, headers, body = send(world.proxy, path, case.token)
     after, hits = auth_counts(world.proxy), upstream_hits(world, path) - hits_before
     challenge = headers.get("WWW-Authenticate", "")
-    problems: list[str] = []
-
-    if status != case.expected_status:
-        problems.append(f"status {status}, expected {case.expected_status}")
-    result = "allowed" if case.expected_status == 200 else "denied"
-    expected_delta = {(case.route_name, result, case.expected_reason): 1.0}
-    delta = {key: after[key] - before[key] for key in after if after[key] != before[key]}
-    if delta != expected_delta:
-        problems.append(f"jwtproxy_auth_total moved {delta}, expected {expected_delta}")
+    problems = decision_problems(case, status, before, after)
     if hits != (1 if case.expected_status == 200 else 0):
         problems.append(f"upstream saw the request {hits} times")
 

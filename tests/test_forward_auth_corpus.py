@@ -20,6 +20,7 @@ from tests.test_corpus import (
     World,
     _check_error_response,
     auth_counts,
+    decision_problems,
     leaks,
     run_world,
 )
@@ -57,14 +58,7 @@ def check_forward_auth(world: World, case: Case) -> None:
     status, headers, body = ask(world.proxy, path, case.token)
     after = auth_counts(world.proxy)
     challenge = headers.get("WWW-Authenticate", "")
-    problems: list[str] = []
-    if status != case.expected_status:
-        problems.append(f"status {status}, expected {case.expected_status}")
-    result = "allowed" if case.expected_status == 200 else "denied"
-    expected_delta = {(case.route_name, result, case.expected_reason): 1.0}
-    delta = {key: after[key] - before[key] for key in after if after[key] != before[key]}
-    if delta != expected_delta:
-        problems.append(f"jwtproxy_auth_total moved {delta}, expected {expected_delta}")
+    problems = decision_problems(case, status, before, after)
     if len(world.upstream.received) != seen:
         problems.append("the forward-auth door reached the upstream")
     if case.expected_status == 200 and body:
