@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import re
 import time
@@ -31,8 +32,9 @@ from .errors import (
 from .extractor import token_protocol_prefixes
 from .forwarder import Forwarder, Sent, UpstreamTiming
 from .gate import Challenge, Decision, Gate, RequestView
-from .headers import CredentialStrip, HeaderPlan, header_plans
+from .headers import CredentialStrip, HeaderPlan, header_plans, response_bytes
 from .jwks import KeyStore
+from .lean import LeanRequest, aiohttp_request
 from .log import ACCESS_LOGGER
 from .metrics import NO_ISSUER, NO_ROUTE, Metrics
 from .revocation import Lifetime, token_marks
@@ -52,6 +54,7 @@ MAX_HEADER_FIELD: Final = 64 * 1024
 METRICS_FLUSH_INTERVAL: Final = 1.0  # seconds: how stale another worker's scrape may be
 MAX_HEADER_SECTION: Final = 96 * 1024
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+JSON_TYPE: Final = (b"Content-Type", b"application/json; charset=utf-8")  # as aiohttp's
 CLOSE_AFTER: Final = frozenset({408, 431, 499})  # the connection closes after the answer
 REQUEST_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 DESCRIPTION_UNSAFE: Final = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')  # RFC 6750 §3
@@ -73,27 +76,47 @@ class State:
     plans: Mapping[str, HeaderPlan]  # the proxy door's header rewrite, per route
 
 
-def error_response(err: JwtProxyError, offer: Challenge | None = None) -> web.Response:
+def error_parts(
+    err: JwtProxyError, offer: Challenge | None = None,
+) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """The JSON body and the headers of the answer to `err`: one rendering for every door."""
     description = DESCRIPTION_UNSAFE.sub("", err.description)
     body: dict[str, str] = {"error": err.error or "unauthorized",
                             "error_description": description}
-    headers: CIMultiDict[str] = CIMultiDict()
+    headers: list[tuple[str, str]] = []
     params = ""
     if not isinstance(err, MissingToken) and err.status in (400, 401, 403):
         params = f', error="{err.error}", error_description="{description}"'
         if isinstance(err, Forbidden) and err.scope:
             params += f', scope="{DESCRIPTION_UNSAFE.sub("", err.scope)}"'
     if isinstance(err, MissingToken) or err.status in (400, 401, 403):
-        for challenge in _challenges(params, offer):
-            headers.add("WWW-Authenticate", challenge)
+        headers += (("WWW-Authenticate", challenge) for challenge in _challenges(params, offer))
     elif isinstance(err, KeysUnavailable):
-        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        headers.append(("Retry-After", str(RETRY_AFTER_SECONDS)))
     if err.status == 404:
         body = {"error": "not_found"}
-    response = web.json_response(body, status=err.status, headers=headers)
+    return body, headers
+
+
+def error_response(err: JwtProxyError, offer: Challenge | None = None) -> web.Response:
+    body, headers = error_parts(err, offer)
+    response = web.json_response(body, status=err.status, headers=CIMultiDict(headers))
     if err.status in CLOSE_AFTER:
         response.force_close()  # what is left of the request is not worth reading
     return response
+
+
+def error_bytes(
+    err: JwtProxyError, offer: Challenge | None, request_id: str, keep_alive: bool,
+    head_only: bool,
+) -> bytes:
+    """The answer of error_response as one HTTP/1.1 message, as relayed answers are
+    written (headers.response_bytes): no aiohttp Response to build on the lean path."""
+    body, headers = error_parts(err, offer)
+    fields = [(JSON_TYPE[0], JSON_TYPE[1])]
+    fields += ((name.encode(), value.encode()) for name, value in headers)
+    return response_bytes(err.status, b"", fields, json.dumps(body).encode(), request_id,
+                          keep_alive and err.status not in CLOSE_AFTER, head_only)
 
 
 def _challenges(params: str, offer: Challenge | None) -> list[str]:
@@ -227,7 +250,7 @@ class ProxyApp:
             if name in used and not store.ready
         ]
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse | Sent:
+    async def handle(self, request: web.BaseRequest | LeanRequest) -> web.StreamResponse | Sent:
         started = time.perf_counter()
         state = self.state
         assert state is not None
@@ -240,6 +263,8 @@ class ProxyApp:
                            request.scheme, peer)
         timing = UpstreamTiming()
         decision: Decision | None = None
+        refusal: JwtProxyError | None = None
+        response: web.StreamResponse | Sent | None = None
         try:
             if _head_size(request) > state.head_limit:
                 raise HeaderSectionTooLarge("request header section too large")
@@ -249,8 +274,7 @@ class ProxyApp:
                 decision = Decision(None, NotFound("no route matches"))
             self._record_auth(decision)
             if decision.error is not None:
-                response: web.StreamResponse | Sent = error_response(
-                    decision.error, decision.challenge)
+                refusal = decision.error
             elif decision.document is not None:
                 response = web.json_response(  # RFC 9728 §3.2; public, so any origin
                     decision.document, headers={"Access-Control-Allow-Origin": "*"})
@@ -274,7 +298,7 @@ class ProxyApp:
                     if strip is not None:
                         strip.strip_headers(headers)
                     response = await self.forwarder.websocket(
-                        request, decision.route.route, path_qs, headers,
+                        aiohttp_request(request), decision.route.route, path_qs, headers,
                         self._lifetime(state, decision), token_protocol_prefixes(
                             state.config.tokens))
                 else:
@@ -286,17 +310,26 @@ class ProxyApp:
                     response = await self.forwarder.forward(
                         request, decision.route.route, path_qs, fields, request_id, timing)
         except JwtProxyError as err:
-            response = error_response(err)
+            refusal = err
             skip_lingering = getattr(request.protocol, "skip_lingering", None)
             if err.status in CLOSE_AFTER and skip_lingering is not None:
                 skip_lingering()  # server.JsonRefusals: close right after the answer
-        status = response.status
+        if refusal is not None:
+            status = refusal.status
+        else:
+            assert response is not None
+            status = response.status
         route_name = decision.route.route.name if decision and decision.route else NO_ROUTE
         elapsed = time.perf_counter() - started
         self.metrics.observe_request(route_name, status, elapsed, timing.seconds)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("request", extra=_access_fields(
                 request, route_name, status, elapsed, timing, decision, request_id))
+        if refusal is not None:
+            offer = (decision.challenge
+                     if decision is not None and refusal is decision.error else None)
+            return await _refuse(request, refusal, offer, request_id)
+        assert response is not None
         if isinstance(response, web.StreamResponse) and not response.prepared:
             response.headers["X-Request-Id"] = request_id
         return response
@@ -316,6 +349,25 @@ class ProxyApp:
                                   decision.auth_denied, decision.auth_reason, decision.cache_hit)
 
 
+async def _refuse(
+    request: web.BaseRequest | LeanRequest, err: JwtProxyError, offer: Challenge | None,
+    request_id: str,
+) -> web.StreamResponse | Sent:
+    """The error answer, written in one piece to an HTTP/1.1 client (~20 µs less than an
+    aiohttp Response on the lean path, which would need a BaseRequest built for it)."""
+    if request.version != HttpVersion11:
+        response = error_response(err, offer)
+        response.headers["X-Request-Id"] = request_id
+        return response
+    keep_alive = request.keep_alive and err.status not in CLOSE_AFTER
+    try:
+        await request.writer.write(error_bytes(
+            err, offer, request_id, keep_alive, request.method == "HEAD"))
+    except ConnectionError:
+        keep_alive = False  # the client is gone: nothing to answer
+    return Sent(err.status, keep_alive)
+
+
 class RequestIds:
     """Unique ids without a random draw per request: a random 16-hex-digit process
     prefix and a counter (32 hex digits in all, like a uuid4 hex)."""
@@ -328,17 +380,17 @@ class RequestIds:
         return f"{self.prefix}{next(self.counter):016x}"
 
 
-def _head_size(request: web.BaseRequest) -> int:
+def _head_size(request: web.BaseRequest | LeanRequest) -> int:
     return sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
 
 
-def _is_websocket(request: web.BaseRequest) -> bool:
+def _is_websocket(request: web.BaseRequest | LeanRequest) -> bool:
     return (request.method == "GET"
             and request.headers.get("Upgrade", "").lower() == "websocket"
             and "upgrade" in request.headers.get("Connection", "").lower())
 
 
-def peer_address(request: web.BaseRequest) -> str | None:
+def peer_address(request: web.BaseRequest | LeanRequest) -> str | None:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return str(peer[0]) if peer else None
 
@@ -355,7 +407,7 @@ def trace_id(headers: CIMultiDictProxy[str]) -> str | None:
 
 
 def _access_fields(
-    request: web.BaseRequest, route: str, status: int, elapsed: float,
+    request: web.BaseRequest | LeanRequest, route: str, status: int, elapsed: float,
     timing: UpstreamTiming, decision: Decision | None, request_id: str,
 ) -> dict[str, Any]:
     fields: dict[str, Any] = {

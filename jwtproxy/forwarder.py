@@ -26,6 +26,7 @@ from .config import Route
 from .connection import Connection, Parked, PoolKey, UpstreamError, UpstreamTimedOut
 from .errors import ClientBodyTimeout, ClientGone, UpstreamTimeout, UpstreamUnavailable
 from .headers import REQUEST_ID, Fields, response_bytes, response_headers
+from .lean import LeanRequest, aiohttp_request
 from .pool import UpstreamPool
 from .revocation import Lifetime
 
@@ -112,7 +113,7 @@ class Forwarder:
 
     async def forward(
         self,
-        request: web.BaseRequest,
+        request: web.BaseRequest | LeanRequest,
         route: Route,
         path_qs: str,
         fields: Fields,
@@ -135,7 +136,7 @@ class Forwarder:
             self.pool.release(conn, parked)
 
     async def _send(
-        self, request: web.BaseRequest, route: Route, target: _Target, head: bytes,
+        self, request: web.BaseRequest | LeanRequest, route: Route, target: _Target, head: bytes,
         has_body: bool, chunked: bool, parked: Parked | None,
     ) -> Connection:
         """Send the request and wait for the response head. A reused connection is
@@ -155,7 +156,7 @@ class Forwarder:
             try:
                 await conn.write(head)
                 if has_body:
-                    await _send_body(conn, request, chunked, route.read_timeout)
+                    await _send_body(conn, aiohttp_request(request), chunked, route.read_timeout)
                 conn.sent_whole_request = True
                 await conn.wait_head(route.read_timeout)
                 return conn
@@ -178,7 +179,8 @@ class Forwarder:
         raise AssertionError("unreachable")
 
     async def _relay(
-        self, request: web.BaseRequest, route: Route, conn: Connection, request_id: str
+        self, request: web.BaseRequest | LeanRequest, route: Route, conn: Connection,
+        request_id: str,
     ) -> web.StreamResponse | Sent:
         bodyless = request.method == "HEAD" or conn.status in (204, 304)
         if conn.complete and not bodyless and request.version == HttpVersion11:
@@ -201,7 +203,7 @@ class Forwarder:
             response.content_length = length
         elif not bodyless:
             response.enable_chunked_encoding()
-        await response.prepare(request)
+        await response.prepare(aiohttp_request(request))
         if bodyless:
             await response.write_eof()
             return response
@@ -391,7 +393,7 @@ async def _send_body(
         await conn.write(b"0\r\n\r\n")
 
 
-def _parked(request: web.BaseRequest) -> Parked | None:
+def _parked(request: web.BaseRequest | LeanRequest) -> Parked | None:
     """The client connection's parked upstream connections (see UpstreamPool), held by
     the proxy's own request handler; None for any other server."""
     parked: Parked | None = getattr(request.protocol, "parked", None)
@@ -415,7 +417,7 @@ def _content_length(raw: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-def _abort(request: web.BaseRequest) -> None:
+def _abort(request: web.BaseRequest | LeanRequest) -> None:
     transport = request.transport
     if transport is not None:
         transport.abort()

@@ -19,6 +19,7 @@ from .app import MAX_HEADER_FIELD, Handler, ProxyApp, error_response
 from .config import Config
 from .connection import Parked
 from .errors import HeaderSectionTooLarge, JwtProxyError
+from .lean import LeanLoop
 from .pool import UpstreamPool
 
 
@@ -105,9 +106,10 @@ def _header_limit_error(exc: BaseException | None, field_limit: int) -> JwtProxy
     return None
 
 
-class _ProxyRequestHandler(JsonRefusals):
-    """One client connection. Holds the upstream connections parked for it (pool.py binds
-    each to one client connection) and closes them with it."""
+class _ProxyRequestHandler(LeanLoop, JsonRefusals):
+    """One client connection, served by the lean loop (lean.py) while its requests have no
+    body. Holds the upstream connections parked for it (pool.py binds each to one client
+    connection) and closes them with it."""
 
     __slots__ = ("parked", "pool")
 
