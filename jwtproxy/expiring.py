@@ -1,14 +1,17 @@
 """A bounded mapping whose entries expire: the verified-token and refusal caches.
 
-A plain dict in insertion order: an entry past its time is never returned (it is dropped
-when met), and a full cache drops its oldest entry. cachetools' TLRUCache did the same job
-at ~11% of a whole verification on the distinct-token path (its per-operation timer
+An OrderedDict in insertion order: an entry past its time is never returned (it is
+dropped when met), and a full cache drops its oldest entry. cachetools' TLRUCache did the
+same job at ~11% of a whole verification on the distinct-token path (its per-operation timer
 context, heap of expiry times and LRU links); this costs one dict operation and one clock
-read per lookup.
+read per lookup. Not a plain dict: dropping the oldest of one (`next(iter(d))`) scans the
+slots its earlier deletions left, 8.3 µs per insert into a full 10,000-entry cache against
+0.5 µs for OrderedDict.popitem(last=False).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -27,7 +30,7 @@ class ExpiringCache(Generic[K, V]):
         self.maxsize = maxsize
         self.until = until
         self.timer = timer
-        self._entries: dict[K, tuple[float, V]] = {}
+        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
 
     def get(self, key: K) -> V | None:
         entry = self._entries.get(key)
@@ -46,7 +49,7 @@ class ExpiringCache(Generic[K, V]):
         entries = self._entries
         entries.pop(key, None)
         if len(entries) >= self.maxsize:
-            del entries[next(iter(entries))]  # the oldest
+            entries.popitem(last=False)  # the oldest
         entries[key] = (until, value)
 
     def __len__(self) -> int:

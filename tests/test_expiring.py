@@ -58,3 +58,14 @@ def test_a_zero_size_cache_holds_nothing() -> None:
     entries, _ = cache(size=0)
     entries["a"] = 2000.0
     assert entries.get("a") is None
+
+
+def test_a_full_cache_keeps_dropping_its_oldest_as_new_entries_come() -> None:
+    cache: ExpiringCache[int, str] = ExpiringCache(3, lambda k, v, now: now + 60, lambda: 0.0)
+    for key in range(10):
+        cache[key] = str(key)
+    assert list(cache) == [7, 8, 9]
+    cache[8] = "again"  # stored anew: now the newest
+    cache[10] = "10"
+    assert list(cache) == [9, 8, 10]
+    assert cache.get(7) is None and cache.get(8) == "again"

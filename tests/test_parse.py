@@ -10,7 +10,7 @@ import pytest
 from jwtproxy.algorithms import ALGORITHMS, key_fits
 from jwtproxy.errors import AlgNotAllowed, JwtProxyError, Malformed
 from jwtproxy.jwks import VerifyKey
-from jwtproxy.jws import MAX_JSON_DEPTH, parse
+from jwtproxy.jws import _KNOWN_HEADERS, KNOWN_HEADERS_MAX, MAX_JSON_DEPTH, parse, parse_compact
 from tests.tokens import b64, b64json
 
 HEADER: dict[str, Any] = {"alg": "RS256", "typ": "JWT", "kid": "k1"}
@@ -293,3 +293,23 @@ def test_every_algorithm_has_a_fitting_key_type() -> None:
 def test_null_members_are_malformed(raw: str) -> None:
     with pytest.raises(Malformed):
         parse(raw)
+
+
+def test_a_header_seen_before_still_lets_nothing_else_through() -> None:
+    """parse_compact remembers headers that passed; the rest of each token is checked anew,
+    and a header allowed one `key_header` (a DPoP proof's jwk) is not allowed without it."""
+    parse(token())  # the header is now a known one
+    with pytest.raises(Malformed, match="duplicate JSON member"):
+        parse(raw_payload('{"iss": "a", "exp": 1, "exp": 2}'))
+    with pytest.raises(Malformed, match="not JSON"):
+        parse(raw_payload("{nope"))
+    with_jwk = {**HEADER, "jwk": {"kty": "EC"}}
+    assert parse_compact(token(with_jwk), key_header="jwk").header == with_jwk
+    with pytest.raises(Malformed, match="jwk is not accepted"):
+        parse(token(with_jwk))
+
+
+def test_known_headers_stay_bounded() -> None:
+    for i in range(KNOWN_HEADERS_MAX * 3):
+        parse(token({**HEADER, "kid": f"k{i}"}))
+    assert 0 < len(_KNOWN_HEADERS) <= KNOWN_HEADERS_MAX
