@@ -381,7 +381,8 @@ class RequestIds:
 
 
 def _head_size(request: web.BaseRequest | LeanRequest) -> int:
-    return sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
+    raw = request.raw_headers
+    return sum(map(len, itertools.chain.from_iterable(raw))) + 4 * len(raw)
 
 
 def _is_websocket(request: web.BaseRequest | LeanRequest) -> bool:
@@ -391,6 +392,8 @@ def _is_websocket(request: web.BaseRequest | LeanRequest) -> bool:
 
 
 def peer_address(request: web.BaseRequest | LeanRequest) -> str | None:
+    if isinstance(request, LeanRequest):
+        return request.peer
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return str(peer[0]) if peer else None
 

@@ -144,16 +144,12 @@ class ProofChecker:
     ) -> str | None:
         """Raise unless the token was presented as its binding requires; return the
         proof's `jti` when a proof was checked."""
+        if presentation.scheme == "bearer":
+            self.check_bearer(claims, issuer)
+            return None
         mode = issuer.dpop_settings.mode
         cnf = claims.get("cnf")
         jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
-        if presentation.scheme == "bearer":
-            if jkt is not None and mode != "off":
-                raise DpopBindingError("jkt", "a DPoP-bound token must come as "
-                                       "Authorization: DPoP with a proof")
-            if mode == "required":
-                raise DpopBindingError("proof", "this issuer accepts DPoP-bound tokens only")
-            return None
         if mode == "off":
             raise DpopError("proof", "DPoP is not accepted for this issuer")
         if not isinstance(jkt, str):
@@ -162,6 +158,20 @@ class ProofChecker:
             raise DpopError("proof", "exactly one DPoP header is required")
         return await self.verify_proof(presentation.proofs[0], token, jkt, issuer,
                                        presentation)
+
+    @staticmethod
+    def check_bearer(claims: Mapping[str, Any], issuer: Issuer) -> None:
+        """A token presented as Bearer: refused when it is DPoP-bound or the issuer takes
+        bound tokens only (RFC 9449 §7.1)."""
+        mode = issuer.dpop_settings.mode
+        if mode == "off":
+            return
+        cnf = claims.get("cnf")
+        if isinstance(cnf, dict) and cnf.get("jkt") is not None:
+            raise DpopBindingError("jkt", "a DPoP-bound token must come as "
+                                   "Authorization: DPoP with a proof")
+        if mode == "required":
+            raise DpopBindingError("proof", "this issuer accepts DPoP-bound tokens only")
 
     async def verify_proof(
         self, proof: str, token: str, jkt: str, issuer: Issuer, presentation: Presentation,

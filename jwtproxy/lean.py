@@ -48,7 +48,7 @@ class LeanRequest:
     aiohttp's parsed message the door and the forwarder read, under BaseRequest's names.
     `aiohttp_request()` builds the BaseRequest a streamed or aiohttp-built answer needs."""
 
-    __slots__ = ("_full", "_message", "_protocol", "headers", "keep_alive", "method",
+    __slots__ = ("_full", "_message", "_protocol", "headers", "keep_alive", "method", "peer",
                  "raw_headers", "raw_path", "scheme", "version")
     body_exists: Final = False
 
@@ -63,6 +63,7 @@ class LeanRequest:
         self.version: HttpVersion = message.version
         self.keep_alive: bool = not message.should_close
         self.scheme: str = protocol.scheme
+        self.peer: str | None = protocol.peer  # the client's address
 
     @property
     def host(self) -> str:
@@ -135,11 +136,14 @@ class LeanLoop(RequestHandler):
     def __init__(self, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.scheme = "http"
+        self.peer: str | None = None
         self.lean_handler: LeanHandler = manager.request_handler  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
+        peer = transport.get_extra_info("peername")  # once per connection, not per request
+        self.peer = str(peer[0]) if peer else None
         super().connection_made(transport)  # starts start() (eagerly on 3.12+)
 
     async def start(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature
@@ -149,8 +149,15 @@ class Verifier:
         """Verify `token` for one of the `allowed` issuers, then its binding (RFC 9449):
         a DPoP-bound token passes only with a fresh proof, from the cache too. `trace`
         (explain) records each check and bypasses the cache."""
-        verified = await self._verify_token(token, allowed, trace)
+        digest = hashlib.sha256(token.encode()).digest()
+        # the common case costs no coroutine: a cache hit presented as a bearer token
+        verified = self._cached(digest, allowed) if trace is None else None
+        if verified is None:
+            verified = await self._verify_token(token, digest, allowed, trace)
         try:
+            if presentation.scheme == "bearer":
+                self.proofs.check_bearer(verified.claims, self.issuers[verified.issuer])
+                return verified
             jti = await self.proofs.check(
                 token, verified.claims, self.issuers[verified.issuer], presentation)
         except JwtProxyError as err:
@@ -160,28 +167,30 @@ class Verifier:
             trace.append(Step("dpop", True, f"proof verified (jti {jti[:40]})"))
         return verified
 
+    def _cached(self, digest: bytes, allowed: tuple[str, ...]) -> Verified | None:
+        """The verified token from the cache, still within its time and not revoked."""
+        cached = self.cache.get(digest)
+        if cached is None or cached.issuer not in allowed:
+            return None
+        store = self.stores[cached.issuer]
+        # `ready`: past stale_if_error no token of the issuer passes, cached or not
+        if store.key_set is None or cached.key not in store.key_set or not store.ready:
+            return None
+        try:
+            self.check_time(cached.claims, self.issuers[cached.issuer])
+            self.revocations.check(cached.marks, cached.claims)
+        except JwtProxyError as err:
+            err.issuer, err.cache_hit = cached.issuer, True
+            raise
+        return cached  # stored with cache_hit=True
+
     async def _verify_token(
-        self, token: str, allowed: tuple[str, ...], trace: Trace | None
+        self, token: str, digest: bytes, allowed: tuple[str, ...], trace: Trace | None
     ) -> Verified:
-        digest = hashlib.sha256(token.encode()).digest()
-        cached = self.cache.get(digest) if trace is None else None
-        if cached is None and trace is None:
+        if trace is None:
             rejection = self.rejected.get((digest, allowed))
             if rejection is not None and rejection.keys == self._key_sets(allowed):
                 raise rejection.again()
-        if cached is not None and cached.issuer in allowed:
-            issuer = self.issuers[cached.issuer]
-            store = self.stores[cached.issuer]
-            # `ready`: past stale_if_error no token of the issuer passes, cached or not
-            if store.key_set is not None and cached.key in store.key_set and store.ready:
-                try:
-                    self.check_time(cached.claims, issuer)
-                    self.revocations.check(cached.marks, cached.claims)
-                except JwtProxyError as err:
-                    err.issuer, err.cache_hit = issuer.name, True
-                    raise
-                return Verified(cached.issuer, cached.claims, cached.key, cache_hit=True,
-                                marks=cached.marks)
         try:
             verified = await self._verify_uncached(token, allowed, trace)
         except _Refused as refused:
@@ -190,7 +199,7 @@ class Verifier:
         except JwtProxyError as err:  # before any issuer was tried: parse, no such issuer
             self._remember(digest, allowed, [err])
             raise
-        self.cache[digest] = verified
+        self.cache[digest] = replace(verified, cache_hit=True)  # as the next request sees it
         try:
             self.revocations.check(verified.marks, verified.claims)
         except JwtProxyError as err:
