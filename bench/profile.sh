@@ -13,62 +13,18 @@ PATH_KIND=${1:-valid}
 SECONDS_TO_SAMPLE=${2:-8}
 RUN=bench/run
 OUT=$RUN/profile
-PY=${PYTHON:-python3}
 PROXY_PORT=18284 ADMIN_PORT=19294
 mkdir -p "$OUT"
-command -v py-spy >/dev/null || $PY -m pip install -q py-spy
-[[ -f $RUN/keys/valid.jwt && -f $RUN/upstream/nginx.conf ]] || {
-  echo "run bench/run.sh once first (keys and the upstream config)" >&2; exit 2; }
-
-pids=()
+command -v py-spy >/dev/null || ${PYTHON:-python3} -m pip install -q py-spy
+source bench/one_worker.sh
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
-
-if ! curl -fs -o /dev/null http://127.0.0.1:18080/; then
-  nginx -p "$RUN/upstream" -c nginx.conf -g 'daemon off;' &
-  pids+=($!)
-  for _ in $(seq 100); do curl -fs -o /dev/null http://127.0.0.1:18080/ && break; sleep 0.05; done
-fi
-# the keys must be the ones the tokens were signed with (another run's upstream would not do)
-cmp -s <(curl -fs http://127.0.0.1:18080/jwks.json) "$RUN/keys/jwks.json" || {
-  echo "the upstream on 127.0.0.1:18080 does not serve $RUN/keys/jwks.json" >&2; exit 2; }
-public_route=""
-[[ $PATH_KIND == public ]] && public_route='
-  - name: public
-    match: {path_prefix: /}
-    upstream: http://127.0.0.1:18080
-    auth: none'
-cat > "$OUT/jwtproxy.yaml" <<YAML
-server: {listen: 127.0.0.1:$PROXY_PORT, workers: 1}
-admin: {listen: 127.0.0.1:$ADMIN_PORT}
-log: {level: warning}
-issuers:
-  bench:
-    issuer: https://issuer.peers.test
-    jwks_uri: http://127.0.0.1:18080/jwks.json
-    audiences: [peer-api]
-    algorithms: [RS256]
-routes:$public_route
-  - name: api
-    match: {path_prefix: /}
-    upstream: http://127.0.0.1:18080
-    auth: {issuers: [bench]}
-    forward: {claims: {sub: X-Auth-Subject}}
-YAML
-$PY -m jwtproxy run -c "$OUT/jwtproxy.yaml" >"$OUT/proxy.log" 2>&1 &
-proxy=$!
-pids+=($proxy)
-ready=0
-for _ in $(seq 200); do
-  curl -fs -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" && { ready=1; break; }
-  sleep 0.05
-done
-((ready)) || { echo "jwtproxy not ready (see $OUT/proxy.log)" >&2; exit 1; }
+one_worker_start "$PATH_KIND" "$PROXY_PORT" "$ADMIN_PORT" "$OUT"
 
 case $PATH_KIND in
   valid|public) args=(-H "Authorization: Bearer $(cat $RUN/keys/valid.jwt)") ;;
   invalid) args=(-H "Authorization: Bearer $(cat $RUN/keys/badsig.jwt)") ;;
-  distinct) args=(-s bench/bench.lua) ; export BENCH_TOKENS=$RUN/keys/distinct.txt ;;
+  distinct) args=(-s bench/bench.lua) ; export BENCH_TOKENS=${BENCH_TOKENS:-$RUN/keys/distinct.txt} ;;
   *) echo "path: valid|distinct|invalid|public" >&2; exit 2 ;;
 esac
 wrk -t1 -c32 -d2s "${args[@]}" "http://127.0.0.1:$PROXY_PORT/" >/dev/null  # warm-up
@@ -91,7 +47,9 @@ RULES = (  # the innermost frame that matches a rule names the sample's category
                               "jwtproxy/extractor.py", "jwtproxy/matcher.py",
                               "jwtproxy/authorizer.py")),
     ("jwtproxy headers", ("jwtproxy/headers.py",)),
-    ("jwtproxy pool/forwarder", ("jwtproxy/pool.py", "jwtproxy/forwarder.py")),
+    ("jwtproxy pool/forwarder", ("jwtproxy/pool.py", "jwtproxy/forwarder.py",
+                                 "jwtproxy/connection.py")),
+    ("jwtproxy lean loop", ("jwtproxy/lean.py", "jwtproxy/server.py")),
     ("jwtproxy app/metrics/log", ("jwtproxy/app.py", "jwtproxy/metrics.py", "jwtproxy/log.py")),
     ("aiohttp", ("aiohttp/",)),
     ("event loop / sockets", ("asyncio/", "uvloop", "selectors")),
