@@ -50,6 +50,14 @@ class _SecondMessage(Exception):
 class Connection(asyncio.Protocol):
     """One upstream connection; one exchange at a time."""
 
+    # slots: `begin` resets ~25 of them per exchange and the parser callbacks read them
+    __slots__ = ("_can_write", "_tail", "body", "body_waiter", "buffered", "chunked", "closed",
+                 "complete", "error", "fd", "final", "head_done", "head_only", "headers",
+                 "idle_since", "in_exchange", "keep_alive", "key", "last_body", "loop",
+                 "on_close", "parked_in", "parser", "poisoned", "reading_paused", "reason",
+                 "received", "sent_whole_request", "status", "transport", "until_close",
+                 "wrote")
+
     def __init__(
         self, key: PoolKey, loop: asyncio.AbstractEventLoop, on_close: CloseCounter | None = None
     ) -> None:

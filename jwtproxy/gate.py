@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import quote
 
 from multidict import CIMultiDictProxy
@@ -36,8 +36,7 @@ AUTH_ERRORS: Final = (InvalidToken, Forbidden, KeysUnavailable)
 DOCUMENT_METHODS: Final = frozenset({"GET", "HEAD"})
 
 
-@dataclass(frozen=True, slots=True)
-class RequestView:
+class RequestView(NamedTuple):
     """The request a door asks about. `rewrites_path`: the door forwards the path it was
     matched on (the proxy door); a door that cannot (forward-auth: the gateway sends the
     client's target on) gets a path that normalising would change refused instead."""
@@ -50,6 +49,7 @@ class RequestView:
     scheme: str = "http"  # of the connection; X-Forwarded-Proto counts only from a proxy
     peer: str | None = None
     rewrites_path: bool = True  # False: a door that forwards the target as sent
+    # (a NamedTuple, not a frozen dataclass: built for every request, in a third of the time)
 
 
 @dataclass(frozen=True, slots=True)

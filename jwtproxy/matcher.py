@@ -8,8 +8,7 @@ number of path segments, not the number of routes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 from urllib.parse import unquote
 
 from .config import Route
@@ -17,8 +16,7 @@ from .config import Route
 ANY_PATH: Final = None
 
 
-@dataclass(frozen=True, slots=True)
-class NormalizedPath:
+class NormalizedPath(NamedTuple):  # one per request: a tuple is built fastest
     """`path` is what routes match against; `changed` says whether it differs in
     structure from the raw path (dot segments, doubled slashes, encoded or backslash
     separators), in which case the
