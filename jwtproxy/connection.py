@@ -272,13 +272,20 @@ class Connection(asyncio.Protocol):
         no answer, so a fresh connection may be tried (the keep-alive race)."""
         return self.closed and not self.received and self.poisoned is None
 
-    async def write(self, data: bytes) -> None:
+    def send(self, data: bytes) -> bool:
+        """Write `data`; whether the writer must now wait for `drained()` (flow control)."""
         if self.closed or self.transport is None or self.transport.is_closing():
             raise UpstreamError("upstream connection closed while sending")
         self.transport.write(data)
         self.wrote = True
-        if not self._can_write.is_set():
-            await self._can_write.wait()
+        return not self._can_write.is_set()
+
+    async def drained(self) -> None:
+        await self._can_write.wait()
+
+    async def write(self, data: bytes) -> None:
+        if self.send(data):
+            await self.drained()
 
     async def wait_head(self, timeout: float) -> None:
         """Until the final response head has arrived; UpstreamTimedOut after `timeout`."""

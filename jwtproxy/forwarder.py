@@ -144,9 +144,11 @@ class Forwarder:
         upstream: nothing was written, or (for a request without a body) the upstream
         closed the connection before a single response byte (its keep-alive timeout)."""
         for attempt in (1, 2):
+            conn = self.pool.take_parked(parked, target.pool_key)  # no await when reused
+            reused = conn is not None
             try:
-                conn, reused = await self.pool.connect(
-                    parked, target.host, target.port, target.tls, route.connect_timeout)
+                if conn is None:
+                    conn = await self.pool.open(target.pool_key, route.connect_timeout)
             except UpstreamTimedOut:
                 raise UpstreamTimeout("upstream connect timed out") from None
             except UpstreamError as err:
@@ -154,7 +156,8 @@ class Forwarder:
                 raise UpstreamUnavailable("upstream unavailable") from None
             conn.begin(head_only=request.method == "HEAD")
             try:
-                await conn.write(head)
+                if conn.send(head):  # no coroutine for the head
+                    await conn.drained()
                 if has_body:
                     await _send_body(conn, aiohttp_request(request), chunked, route.read_timeout)
                 conn.sent_whole_request = True

@@ -4,7 +4,6 @@ them (connection.py holds one connection's exchange and its reuse rules)."""
 from __future__ import annotations
 
 import asyncio
-import ssl
 
 from .connection import (
     CloseCounter,
@@ -47,22 +46,22 @@ class UpstreamPool:
     def configure(self, idle_timeout: float, max_idle: int) -> None:
         self.idle_timeout, self.max_idle = idle_timeout, max_idle
 
-    async def connect(
-        self, parked: Parked | None, host: str, port: int, tls: ssl.SSLContext | None,
-        connect_timeout: float,
-    ) -> tuple[Connection, bool]:
-        """A connection, and whether it is the client's parked one, reused."""
-        key = (host, port, tls)  # the TLS context too: a route's trust is its own
-        if parked:
-            idle = parked.pop(key, None)
-            if idle is not None:
-                self._unpark(idle)
-                if idle.closed or idle.transport is None or idle.transport.is_closing():
-                    pass
-                elif idle.has_unread_bytes():
-                    idle.poison("idle_bytes")
-                else:
-                    return idle, True
+    def take_parked(self, parked: Parked | None, key: PoolKey) -> Connection | None:
+        """The client's parked connection to `key`, when it is fit to be reused."""
+        idle = parked.pop(key, None) if parked else None
+        if idle is None:
+            return None
+        self._unpark(idle)
+        if idle.closed or idle.transport is None or idle.transport.is_closing():
+            return None
+        if idle.has_unread_bytes():
+            idle.poison("idle_bytes")
+            return None
+        return idle
+
+    async def open(self, key: PoolKey, connect_timeout: float) -> Connection:
+        """A new connection to `key` = (host, port, TLS context: a route's trust is its own)."""
+        host, port, tls = key
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
@@ -73,7 +72,7 @@ class UpstreamPool:
             raise UpstreamTimedOut(f"connect to {host}:{port} timed out") from None
         except OSError as err:
             raise UpstreamError(f"connect to {host}:{port}: {err.strerror or err}") from None
-        return conn, False
+        return conn
 
     def release(self, conn: Connection, parked: Parked | None) -> None:
         """After an exchange: parked for the same client only when provably clean."""
