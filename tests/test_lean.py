@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -204,3 +205,36 @@ async def test_a_client_gone_before_its_answer_leaves_the_proxy_serving(
     release.set()
     resp = await proxy.client.get("/public/after")
     assert (resp.status, await resp.text()) == (200, "ok")
+
+
+async def test_a_client_that_reads_late_gets_every_answer_whole_and_in_order(
+    make_proxy: ProxyFactory, jwks: tuple[JwksEndpoint, str], aiohttp_raw_server: Any
+) -> None:
+    """Answers written in one piece wait for the client (flow control) when it does not
+    read: 1,000 pipelined requests for 16 KB each, more than the kernel buffers hold, read
+    only once the proxy has had to wait."""
+    async def sized(request: web.BaseRequest) -> web.StreamResponse:
+        tag = request.path.rsplit("/", 1)[-1].encode()
+        return web.Response(body=tag.ljust(16384, b"."))
+
+    server = await aiohttp_raw_server(sized)
+    proxy = await make_proxy(base_config(jwks[1], str(server.make_url(""))))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds little
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(
+        sock, (proxy.client.server.host, proxy.client.server.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"".join(b"GET /public/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(1000)))
+    await writer.drain()
+    handlers: Any = proxy.client.server.runner.server  # type: ignore[union-attr]
+    for _ in range(1000):  # until the proxy holds answers the client has not read
+        if any(handler.writing_paused for handler in handlers.connections):
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the proxy never had to wait for the client")
+    for i in range(1000):
+        status, _, body = await read_response(reader)
+        assert (status, body) == (200, str(i).encode().ljust(16384, b"."))
+    writer.close()
