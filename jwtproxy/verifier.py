@@ -7,7 +7,7 @@ import hashlib
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature
@@ -212,7 +212,8 @@ class Verifier:
             self._remember(digest, allowed, [err])
             raise
         # as the next request sees it, its claims' names and short strings shared
-        self.cache[digest] = replace(verified, cache_hit=True, claims=_interned(verified.claims))
+        self.cache[digest] = Verified(verified.issuer, _interned(verified.claims), verified.key,
+                                      cache_hit=True, marks=verified.marks)  # not replace(): 3 µs
         try:
             self.revocations.check(verified.marks, verified.claims)
         except JwtProxyError as err:
