@@ -19,9 +19,7 @@ RUN=bench/run
 OUT=$RUN/instructions
 mkdir -p "$OUT"
 command -v valgrind >/dev/null || apt-get install -y -q -o DPkg::Lock::Timeout=900 valgrind >/dev/null
-source bench/one_worker.sh
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
-trap cleanup EXIT
+source bench/one_worker.sh  # its EXIT trap stops what it started
 case $PATH_KIND in
   valid|public) token=$(tr -d '\n' <$RUN/keys/valid.jwt) ;;
   invalid) token=$(tr -d '\n' <$RUN/keys/badsig.jwt) ;;

@@ -4,10 +4,12 @@
 # starts nginx when nothing serves 18080 (and refuses an upstream serving other keys),
 # writes OUT/jwtproxy.yaml (KIND public adds an `auth: none` route), starts
 # `[launcher...] $PY -m jwtproxy run` of this checkout (or of $SRC) and waits for /readyz. Sets $proxy; every pid it
-# started is in the array `pids`, for the caller's trap to stop.
+# started is in the array `pids`, stopped by pid on exit.
 RUN=${RUN:-bench/run}
 PY=${PYTHON:-python3}
 pids=()
+one_worker_cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+trap one_worker_cleanup EXIT
 
 one_worker_start() {
   local kind=$1 port=$2 admin=$3 out=$4

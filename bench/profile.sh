@@ -16,9 +16,7 @@ OUT=$RUN/profile
 PROXY_PORT=18284 ADMIN_PORT=19294
 mkdir -p "$OUT"
 command -v py-spy >/dev/null || ${PYTHON:-python3} -m pip install -q py-spy
-source bench/one_worker.sh
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
-trap cleanup EXIT
+source bench/one_worker.sh  # its EXIT trap stops what it started
 one_worker_start "$PATH_KIND" "$PROXY_PORT" "$ADMIN_PORT" "$OUT"
 
 case $PATH_KIND in
