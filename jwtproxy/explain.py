@@ -3,7 +3,7 @@
 The gate, verifier and key stores are the server's own; only the words are added, in
 `explain_text`: each step's detail is restated with the values that matter (times as
 dates, audiences and scopes expected vs present), and the answer is built by
-`app.error_response`, so the `WWW-Authenticate` header and body shown are the ones the
+`answers.error_response`, so the `WWW-Authenticate` header and body shown are the ones the
 proxy would send.
 """
 
@@ -22,7 +22,7 @@ from urllib.parse import quote
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .app import error_response
+from .answers import error_response
 from .config import NO_UPSTREAM, Config, ForwardAuth, Listen
 from .errors import JwtProxyError, KeysUnavailable, NotFound
 from .explain_text import Report, Words, marks_for, render

@@ -20,7 +20,8 @@ from typing import Any, Final, Literal
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from .app import ProxyApp, decision_fields, error_response, peer_address
+from .answers import error_response
+from .app import ProxyApp, decision_fields, peer_address
 from .config import Config, ForwardAuth, Route
 from .errors import HeaderSectionTooLarge, InvalidRequest, JwtProxyError, NotFound
 from .gate import Challenge, Decision, RequestView

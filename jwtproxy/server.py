@@ -15,7 +15,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from .app import MAX_HEADER_FIELD, Handler, ProxyApp, error_response
+from .answers import error_response
+from .app import MAX_HEADER_FIELD, Handler, ProxyApp
 from .config import Config
 from .connection import Parked
 from .errors import HeaderSectionTooLarge, JwtProxyError

@@ -25,7 +25,7 @@ LAYERS: Final = {
     "verifier": 3, "dpop": 3, "mint": 3,  # mint: the verifier's inverse, for `jwtproxy token`
     "revocation": 3, "revocation_file": 3, "revocation_redis": 3, "revocation_sync": 3,
     "dpop_replay": 3,
-    "gate": 4, "forwarder": 4, "lean": 4,
+    "gate": 4, "forwarder": 4, "lean": 4, "answers": 4,
     "app": 5, "aws_lambda": 5, "forward_auth": 5, "lambda_events": 5, "lambda_policy": 5,
     "explain": 5, "revoke": 5, "explain_text": 5, "serve": 5, "server": 5,
     "cli": 6, "demo": 6, "supervisor": 6, "healthcheck": 6, "__main__": 6,
@@ -35,6 +35,7 @@ LAYERS: Final = {
 SAME_LAYER: Final = {
     ("pool", "connection"),               # the pool holds connections, each its own exchange
     ("forwarder", "lean"),                # relays answers to a lean request too
+    ("answers", "gate"),                  # a refusal's challenge is the gate's Challenge
     ("fields", "config"),                 # a listen address becomes a `Listen`; url_allowed
     ("issuer_validation", "config"),      # the checks build the value objects
     ("issuer_validation", "fields"),      # ... from single checked values
@@ -62,7 +63,6 @@ SAME_LAYER: Final = {
     ("revocation_sync", "revocation_redis"),
     ("revoke", "revocation"),
     ("revoke", "revocation_sync"),        # `jwtproxy revoke` writes to the configured store
-    ("explain", "app"),                   # prints the very error body the proxy would send
     ("explain", "explain_text"),          # the words and the rendering of the report
     ("explain", "forward_auth"),          # --forward-auth: the door's reconstruction, answer
     ("serve", "app"),                     # runs the apps
@@ -80,13 +80,14 @@ OWNERS: Final = {
     "yaml": {"loader", "revocation_file"},  # the config, and the revocation list file
     "redis": {"revocation_redis", "dpop_replay"},
     "joserfc": {"jwks", "verifier", "mint"},  # mint signs test tokens (`jwtproxy token`)
-    "aiohttp.web": {"app", "forward_auth", "forwarder", "serve", "demo", "server", "lean"},
+    "aiohttp.web": {"app", "forward_auth", "forwarder", "serve", "demo", "server", "lean",
+                    "answers"},
     # client side: key fetches (jwks; app and explain open the session they pass to it)
     # and the upstream side (forwarder); the web modules may use it too; log filters
     # aiohttp's parser errors (aiohttp.http_exceptions) out of the log; the Lambda door
     # opens its key session
     "aiohttp": {"app", "forward_auth", "forwarder", "serve", "demo", "jwks", "explain", "log",
-                "aws_lambda", "server", "lean"},
+                "aws_lambda", "server", "lean", "answers"},
     "httptools": {"connection"},
     "prometheus_client": {"metrics", "supervisor"},
 }
