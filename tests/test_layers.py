@@ -25,7 +25,7 @@ LAYERS: Final = {
     "verifier": 3, "dpop": 3, "mint": 3,  # mint: the verifier's inverse, for `jwtproxy token`
     "revocation": 3, "revocation_file": 3, "revocation_redis": 3, "revocation_sync": 3,
     "dpop_replay": 3,
-    "gate": 4, "forwarder": 4, "lean": 4, "answers": 4,
+    "gate": 4, "forwarder": 4, "lean": 4, "answers": 4, "ws_relay": 4,
     "app": 5, "aws_lambda": 5, "forward_auth": 5, "lambda_events": 5, "lambda_policy": 5,
     "explain": 5, "revoke": 5, "explain_text": 5, "serve": 5, "server": 5,
     "cli": 6, "demo": 6, "supervisor": 6, "healthcheck": 6, "__main__": 6,
@@ -35,6 +35,7 @@ LAYERS: Final = {
 SAME_LAYER: Final = {
     ("pool", "connection"),               # the pool holds connections, each its own exchange
     ("forwarder", "lean"),                # relays answers to a lean request too
+    ("forwarder", "ws_relay"),            # an accepted WebSocket's frames
     ("answers", "gate"),                  # a refusal's challenge is the gate's Challenge
     ("fields", "config"),                 # a listen address becomes a `Listen`; url_allowed
     ("issuer_validation", "config"),      # the checks build the value objects
@@ -81,13 +82,13 @@ OWNERS: Final = {
     "redis": {"revocation_redis", "dpop_replay"},
     "joserfc": {"jwks", "verifier", "mint"},  # mint signs test tokens (`jwtproxy token`)
     "aiohttp.web": {"app", "forward_auth", "forwarder", "serve", "demo", "server", "lean",
-                    "answers"},
+                    "answers", "ws_relay"},
     # client side: key fetches (jwks; app and explain open the session they pass to it)
     # and the upstream side (forwarder); the web modules may use it too; log filters
     # aiohttp's parser errors (aiohttp.http_exceptions) out of the log; the Lambda door
     # opens its key session
     "aiohttp": {"app", "forward_auth", "forwarder", "serve", "demo", "jwks", "explain", "log",
-                "aws_lambda", "server", "lean", "answers"},
+                "aws_lambda", "server", "lean", "answers", "ws_relay"},
     "httptools": {"connection"},
     "prometheus_client": {"metrics", "supervisor"},
 }
