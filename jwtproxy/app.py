@@ -190,8 +190,11 @@ class ProxyApp:
         if not request_id or not REQUEST_ID_PATTERN.fullmatch(request_id):
             request_id = self.request_ids()
         peer = peer_address(request)
-        view = RequestView(request.method, request.host, raw_path, raw_query, request.headers,
-                           request.scheme, peer)
+        # the Host header as sent; no Host is "" (aiohttp's `request.host` would resolve
+        # this machine's FQDN instead: a blocking DNS lookup per request, and a host-bound
+        # route matched for a request that names no host)
+        view = RequestView(request.method, request.headers.get("Host", ""), raw_path,
+                           raw_query, request.headers, request.scheme, peer)
         timing = UpstreamTiming()
         decision: Decision | None = None
         refusal: JwtProxyError | None = None

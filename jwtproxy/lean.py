@@ -15,7 +15,6 @@ user of them; tests/test_lean.py fails when they change.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, TypeGuard
 
@@ -64,11 +63,6 @@ class LeanRequest:
         self.keep_alive: bool = not message.should_close
         self.scheme: str = protocol.scheme
         self.peer: str | None = protocol.peer  # the client's address
-
-    @property
-    def host(self) -> str:
-        host = self.headers.get("Host")
-        return host if host is not None else socket.getfqdn()  # as BaseRequest.host
 
     @property
     def path(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -749,6 +750,24 @@ async def test_http10_without_host_and_host_ambiguity(
     # no Host, so nothing to forward: an empty X-Forwarded-Host is read as an empty host
     # by frameworks that trust it (Django USE_X_FORWARDED_HOST, Express trust proxy)
     assert "" not in seen.header_all("X-Forwarded-Host")
+
+
+async def test_a_request_without_host_is_not_given_this_machines_name(
+    make_proxy: ProxyFactory, jwks: Jwks, raw_upstream: RawUpstream
+) -> None:
+    """HTTP/1.0 allows no Host: the request names no host (""), not this machine's FQDN
+    (aiohttp's `request.host` looks it up, a blocking DNS query per request), so a route
+    bound to that name (here: token required) does not take it; the public one does."""
+    config = base_config(jwks[1], raw_upstream.url)
+    config["routes"].insert(0, {"name": "own-name", "match": {"host": socket.getfqdn(),
+                                                              "path_prefix": "/public"},
+                                "upstream": raw_upstream.url, "auth": {"issuers": ["main"]}})
+    proxy = await make_proxy(config)
+    client = await exchange(proxy.client.port, request("/public/x", version="HTTP/1.0"))
+    assert [a.status for a in client.answers] == [200]
+    client = await exchange(proxy.client.port,
+                            request("/public/x", f"Host: {socket.getfqdn()}"))
+    assert [a.status for a in client.answers] == [401]  # named, the bound route takes it
 
 
 async def test_pipelined_requests_are_answered_in_order_each_on_its_own_merits(
