@@ -155,8 +155,9 @@ class ForwardAuthDoor:
             else:
                 if sum(len(k) + len(v) + 4 for k, v in request.raw_headers) > state.head_limit:
                     raise HeaderSectionTooLarge("request header section too large")
-                original = reconstruct(request.method, request.host, request.scheme,
-                                       request.raw_path, request.headers, compiled.settings)
+                original = reconstruct(  # no Host is "" (not aiohttp's FQDN lookup)
+                    request.method, request.headers.get("Host", ""), request.scheme,
+                    request.raw_path, request.headers, compiled.settings)
                 decision = await state.gate.decide(original.view(request.headers))
                 self._record_auth(decision)
                 response = self._answer(decision)
