@@ -18,7 +18,7 @@ PACKAGE: Final = Path(__file__).resolve().parent.parent / "jwtproxy"
 LAYERS: Final = {
     "__init__": 0, "errors": 0,
     "config": 1, "arn_patterns": 1, "fields": 1, "issuer_validation": 1, "validation": 1,
-    "loader": 1, "revocation_validation": 1,
+    "loader": 1, "revocation_validation": 1, "route_validation": 1,
     "matcher": 2, "extractor": 2, "authorizer": 2, "headers": 2, "metrics": 2, "log": 2,
     "jwks": 2, "pool": 2, "connection": 2, "jws": 2, "algorithms": 2, "expiring": 2,
     "resource_metadata": 2,
@@ -44,6 +44,9 @@ SAME_LAYER: Final = {
     ("validation", "fields"),
     ("validation", "issuer_validation"),
     ("validation", "revocation_validation"),  # the revocation: section
+    ("validation", "route_validation"),   # the routes: section
+    ("route_validation", "config"),
+    ("route_validation", "fields"),
     ("revocation_validation", "config"),
     ("revocation_validation", "fields"),  # the issuers: section
     ("validation", "arn_patterns"),       # `check` refuses what policy_scope: routes cannot say
