@@ -195,6 +195,10 @@ def test_id_token_refused_for_the_api(proxy: ProxyProcess, id_token: str) -> Non
 
 LOAD_REQUESTS = 300
 LOAD_SECONDS = 3.0  # the fixed count is paced over this long
+# the rotation (the issuer generates keys) can finish late on a busy machine: the load goes
+# on, at the same pace, until this many requests went out after it (bounded by MAX_REQUESTS)
+MIN_AFTER_ROTATION = 100
+MAX_REQUESTS = 900
 LOAD_CONCURRENCY = 8
 ROTATE_AFTER = LOAD_REQUESTS // 2  # completed requests before the issuer rotates its keys
 REMINT_EVERY = 4  # each worker fetches a fresh token every few requests
@@ -236,7 +240,8 @@ async def test_key_rotation_under_load(
 ) -> None:
     """The issuer rotates mid-load; fresh tokens with the new kid must all get through.
 
-    300 requests paced over ~3 s by 8 concurrent clients, each fetching a fresh token from
+    300 requests (more if the rotation ends late: until 100 went out after it) paced over
+    ~3 s by 8 concurrent clients, each fetching a fresh token from
     the issuer every few requests and replaying its first (pre-rotation) token now and then.
     Half-way, and at least refresh_min_interval after the proxy's first JWKS fetch (so the
     rate limit cannot legitimately refuse the refresh), the issuer swaps in new signing keys
@@ -276,7 +281,8 @@ async def test_key_rotation_under_load(
         alg = BOTH_ALGS[n % 2]
         token = first_token = await mint(session, alg)
         sent = 0
-        while (i := next(counter)) < LOAD_REQUESTS:
+        while (i := next(counter)) < LOAD_REQUESTS or (
+                i < MAX_REQUESTS and sum(o.after_rotation for o in outcomes) < MIN_AFTER_ROTATION):
             delay = start + i * pace - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)  # pacing of a fixed-count load, not a readiness wait
@@ -305,10 +311,10 @@ async def test_key_rotation_under_load(
             await task
 
     assert rotated.is_set(), "the load ended before the rotation could start"
-    assert len(outcomes) == LOAD_REQUESTS
+    assert LOAD_REQUESTS <= len(outcomes) <= MAX_REQUESTS
     refused = [o for o in outcomes if o.status != 200]
     assert not refused, (
-        f"{len(refused)} of {LOAD_REQUESTS} valid-token requests refused; first: "
+        f"{len(refused)} of {len(outcomes)} valid-token requests refused; first: "
         f"{refused[0]!r}; old kids {sorted(old_kids)}, new kids {sorted(new_kids)}\n"
         f"{proxy.logs()[-3000:]}"
     )
