@@ -200,7 +200,7 @@ class ProxyApp:
         refusal: JwtProxyError | None = None
         response: web.StreamResponse | Sent | None = None
         try:
-            if _head_size(request) > state.head_limit:
+            if head_size(request) > state.head_limit:
                 raise HeaderSectionTooLarge("request header section too large")
             decision = await state.gate.decide(view)
             if decision.route is not None and decision.route.route.upstream == NO_UPSTREAM:
@@ -314,7 +314,8 @@ class RequestIds:
         return f"{self.prefix}{next(self.counter):016x}"
 
 
-def _head_size(request: web.BaseRequest | LeanRequest) -> int:
+def head_size(request: web.BaseRequest | LeanRequest) -> int:
+    """The request head's size, as `header_section_limit` bounds it."""
     raw = request.raw_headers
     return sum(map(len, itertools.chain.from_iterable(raw))) + 4 * len(raw)
 

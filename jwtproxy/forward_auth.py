@@ -21,7 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from .answers import error_response
-from .app import ProxyApp, decision_fields, peer_address
+from .app import ProxyApp, decision_fields, head_size, peer_address
 from .config import Config, ForwardAuth, Route
 from .errors import HeaderSectionTooLarge, InvalidRequest, JwtProxyError, NotFound
 from .gate import Challenge, Decision, RequestView
@@ -153,7 +153,7 @@ class ForwardAuthDoor:
             if peer not in compiled.trusted:
                 response: web.StreamResponse = web.json_response(UNTRUSTED_BODY, status=403)
             else:
-                if sum(len(k) + len(v) + 4 for k, v in request.raw_headers) > state.head_limit:
+                if head_size(request) > state.head_limit:
                     raise HeaderSectionTooLarge("request header section too large")
                 original = reconstruct(  # no Host is "" (not aiohttp's FQDN lookup)
                     request.method, request.headers.get("Host", ""), request.scheme,
