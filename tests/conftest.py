@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from aiohttp import web
@@ -127,3 +128,26 @@ async def proxy(
     make_proxy: ProxyFactory, jwks: tuple[JwksEndpoint, str], upstream: tuple[EchoUpstream, str]
 ) -> Proxy:
     return await make_proxy(base_config(jwks[1], upstream[1]))
+
+
+@pytest.fixture
+async def ws_upstream(aiohttp_server: Any) -> tuple[str, list[dict[str, str]]]:
+    """A WebSocket upstream (subprotocol `chat`): text echoed as `echo:<text>`, binary
+    reversed; the headers of each upgrade request it saw."""
+    seen: list[dict[str, str]] = []
+
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        seen.append(dict(request.headers))
+        ws = web.WebSocketResponse(protocols=["chat"])
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await ws.send_str(f"echo:{msg.data}")
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await ws.send_bytes(msg.data[::-1])
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", echo)
+    server = await aiohttp_server(app)
+    return f"http://127.0.0.1:{server.port}", seen

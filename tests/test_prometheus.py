@@ -28,7 +28,7 @@ from aiohttp import web
 from jwtproxy import __version__
 from tests.catalog import ROOT, SERIES, dashboard, dashboard_queries, series_labels
 from tests.debian import ensure_binary
-from tests.proc import ProxyProcess, free_port, proxy_process
+from tests.proc import ProxyProcess, free_port, proxy_process, stop
 from tests.threaded import serve_in_thread
 from tests.tokens import KeyRing, make_keyring, mint
 
@@ -180,12 +180,7 @@ def prometheus(binary: str, target: str, tmp: Path) -> Iterator[PrometheusServer
             time.sleep(0.1)  # polling interval
         yield server
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         log.close()
 
 

@@ -6,32 +6,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from tests.conftest import AUDIENCE, ISSUER, ProxyFactory, base_config
 from tests.servers import JwksEndpoint
 from tests.tokens import KeyRing, mint
-
-
-@pytest.fixture
-async def ws_upstream(aiohttp_server: Any) -> Any:
-    seen: list[dict[str, str]] = []
-
-    async def echo(request: web.Request) -> web.WebSocketResponse:
-        seen.append(dict(request.headers))
-        ws = web.WebSocketResponse(protocols=["chat"])
-        await ws.prepare(request)
-        async for msg in ws:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                await ws.send_str(f"echo:{msg.data}")
-            elif msg.type == aiohttp.WSMsgType.BINARY:
-                await ws.send_bytes(msg.data[::-1])
-        return ws
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", echo)
-    server = await aiohttp_server(app)
-    return f"http://127.0.0.1:{server.port}", seen
 
 
 async def test_websocket_requires_a_token_then_relays(

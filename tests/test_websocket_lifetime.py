@@ -30,24 +30,6 @@ from tests.tokens import KeyRing, mint
 BOUND = 30.0  # generous: what should take a few seconds
 
 
-@pytest.fixture
-async def ws_upstream(aiohttp_server: Any) -> tuple[str, list[dict[str, str]]]:
-    seen: list[dict[str, str]] = []
-
-    async def echo(request: web.Request) -> web.WebSocketResponse:
-        seen.append(dict(request.headers))
-        ws = web.WebSocketResponse(protocols=["chat"])
-        await ws.prepare(request)
-        async for msg in ws:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                await ws.send_str(f"echo:{msg.data}")
-        return ws
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", echo)
-    server = await aiohttp_server(app)
-    return f"http://127.0.0.1:{server.port}", seen
-
 
 @pytest.fixture
 async def ws_proxy(
