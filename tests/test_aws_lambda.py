@@ -227,6 +227,19 @@ def test_bad_events_are_unauthorized_and_logged(
     assert answer(world.policy, good)[0] == "allow"
 
 
+@pytest.mark.parametrize("junk", ["\x0b", "\x01", "\x7f", "\x1f"])
+def test_a_control_character_in_a_good_token_is_unauthorized(world: World, junk: str) -> None:
+    """No HTTP parser stands before this door: a control character in the middle of a
+    good token (what a looser reader may split on, or drop) makes it no token of ours."""
+    token = access_token(world.keys)
+    head, _, tail = token.rpartition(".")
+    for forged in (token + junk, f"{head}.{junk}{tail}", f"{token}{junk}x"):
+        body = event("rest_token", "GET", "/orders/1", bearer(forged))
+        assert answer(world.policy, body) == ("unauthorized", None), repr(junk)
+    assert answer(world.policy, event("rest_token", "GET", "/orders/1", bearer(token)))[0] == (
+        "allow")
+
+
 def test_request_sources_in_v2_cookies_and_query(keys: KeyRing) -> None:
     endpoint = JwksEndpoint(keys.jwks())
     with jwks_server(endpoint) as url:
