@@ -206,7 +206,7 @@ class ProxyApp:
             if decision.route is not None and decision.route.route.upstream == NO_UPSTREAM:
                 # a route for the other doors only: this door has no such route
                 decision = Decision(None, NotFound("no route matches"))
-            self._record_auth(decision)
+            record_auth(self.metrics, decision)
             if decision.error is not None:
                 refusal = decision.error
             elif decision.document is not None:
@@ -276,11 +276,6 @@ class ProxyApp:
         return Lifetime(float(decision.claims["exp"]) + leeway, token_marks(decision.claims),
                         self.revocations.list)
 
-    def _record_auth(self, decision: Decision) -> None:
-        if decision.auth_reason is None or decision.route is None:
-            return
-        self.metrics.observe_auth(decision.route.route.name, decision.issuer or NO_ISSUER,
-                                  decision.auth_denied, decision.auth_reason, decision.cache_hit)
 
 
 async def _refuse(
@@ -312,6 +307,13 @@ class RequestIds:
 
     def __call__(self) -> str:
         return f"{self.prefix}{next(self.counter):016x}"
+
+
+def record_auth(metrics: Metrics, decision: Decision) -> None:
+    """A decision that authenticated (or tried to), in `jwtproxy_auth` and the cache tally."""
+    if decision.auth_reason is not None and decision.route is not None:
+        metrics.observe_auth(decision.route.route.name, decision.issuer or NO_ISSUER,
+                             decision.auth_denied, decision.auth_reason, decision.cache_hit)
 
 
 def head_size(request: web.BaseRequest | LeanRequest) -> int:

@@ -21,13 +21,13 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from .answers import error_response
-from .app import ProxyApp, decision_fields, head_size, peer_address
+from .app import ProxyApp, decision_fields, head_size, peer_address, record_auth
 from .config import Config, ForwardAuth, Route
 from .errors import HeaderSectionTooLarge, InvalidRequest, JwtProxyError, NotFound
 from .gate import Challenge, Decision, RequestView
 from .headers import TrustedProxies, claim_header_value, encoded_claims
 from .log import ACCESS_LOGGER
-from .metrics import NO_ISSUER, NO_ROUTE
+from .metrics import NO_ROUTE
 
 log = logging.getLogger("jwtproxy.forward_auth")
 access_log = logging.getLogger(ACCESS_LOGGER)
@@ -159,7 +159,7 @@ class ForwardAuthDoor:
                     request.method, request.headers.get("Host", ""), request.scheme,
                     request.raw_path, request.headers, compiled.settings)
                 decision = await state.gate.decide(original.view(request.headers))
-                self._record_auth(decision)
+                record_auth(self.proxy.metrics, decision)
                 response = self._answer(decision)
         except JwtProxyError as err:
             response = error_answer(err)
@@ -170,13 +170,6 @@ class ForwardAuthDoor:
                 request, peer, original, route, response.status,
                 time.perf_counter() - started, decision))
         return response
-
-    def _record_auth(self, decision: Decision) -> None:
-        if decision.auth_reason is None or decision.route is None:
-            return
-        self.proxy.metrics.observe_auth(
-            decision.route.route.name, decision.issuer or NO_ISSUER, decision.auth_denied,
-            decision.auth_reason, decision.cache_hit)
 
     @staticmethod
     def _answer(decision: Decision) -> web.Response:

@@ -123,9 +123,14 @@ class Metrics:
         (its per-update locking was ~15% of a proxied request's CPU)."""
         key = (route, code)
         self._requests[key] = self._requests.get(key, 0) + 1
-        self._tally(self._durations, route, seconds)
+        tally = self._durations.get(route) or self._new_tally(self._durations, route)
+        tally.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        tally.total += seconds
         if upstream_seconds is not None:
-            self._tally(self._upstream_durations, route, upstream_seconds)
+            tally = (self._upstream_durations.get(route)
+                     or self._new_tally(self._upstream_durations, route))
+            tally.counts[bisect_left(LATENCY_BUCKETS, upstream_seconds)] += 1
+            tally.total += upstream_seconds
 
     def observe_forward_auth(self, route: str, code: int) -> None:
         key = (route, code)
@@ -144,12 +149,9 @@ class Metrics:
         self._upstream_closes[reason] = self._upstream_closes.get(reason, 0) + 1
 
     @staticmethod
-    def _tally(tallies: dict[str, _Tally], route: str, seconds: float) -> None:
-        tally = tallies.get(route)
-        if tally is None:
-            tally = tallies[route] = _Tally([0] * (len(LATENCY_BUCKETS) + 1), 0.0)
-        tally.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        tally.total += seconds
+    def _new_tally(tallies: dict[str, _Tally], route: str) -> _Tally:
+        tally = tallies[route] = _Tally([0] * (len(LATENCY_BUCKETS) + 1), 0.0)
+        return tally
 
     def flush(self) -> None:
         """Move the tallies into the prometheus-client metrics (before each scrape, and
