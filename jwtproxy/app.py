@@ -236,13 +236,13 @@ class ProxyApp:
                         self._lifetime(state, decision), token_protocol_prefixes(
                             state.config.tokens))
                 else:
-                    fields = plan.request_fields(
-                        request.raw_headers, decision.claims, peer, request.scheme,
-                        request_id)
-                    if strip is not None:
-                        fields = strip.strip_fields(fields)
+                    claims, scheme = decision.claims, request.scheme
                     response = await self.forwarder.forward(
-                        request, decision.route.route, path_qs, fields, request_id, timing)
+                        request, decision.route.route,
+                        lambda authority, chunked: plan.request_head(
+                            request.method, path_qs, request.raw_headers, claims, peer, scheme,
+                            request_id, authority, chunked, strip),
+                        request_id, timing)
         except JwtProxyError as err:
             refusal = err
             skip_lingering = getattr(request.protocol, "skip_lingering", None)

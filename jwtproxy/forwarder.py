@@ -25,7 +25,7 @@ from yarl import URL
 from .config import Route
 from .connection import Connection, Parked, PoolKey, UpstreamError, UpstreamTimedOut
 from .errors import ClientBodyTimeout, ClientGone, UpstreamTimeout, UpstreamUnavailable
-from .headers import REQUEST_ID, Fields, response_bytes, response_headers
+from .headers import REQUEST_ID, response_bytes, response_headers
 from .lean import LeanRequest, aiohttp_request
 from .pool import UpstreamPool
 from .revocation import Lifetime
@@ -53,6 +53,7 @@ class _Target:
         return (self.host, self.port, self.tls)
 
 
+HeadBuilder = Callable[[str, bool], bytes]  # (upstream authority, chunked) -> request head
 TargetKey = tuple[str, str | None]  # (upstream URL, CA file): equal settings, one target
 TlsKey = tuple[str | None, int, int]  # (CA file, its mtime and size): re-read when changed
 
@@ -116,17 +117,16 @@ class Forwarder:
         self,
         request: web.BaseRequest | LeanRequest,
         route: Route,
-        path_qs: str,
-        fields: Fields,
+        head_for: HeadBuilder,
         request_id: str,
         timing: UpstreamTiming,
     ) -> web.StreamResponse | Sent:
-        """`path_qs` is the raw request target, forwarded as is (no re-encoding); `fields`
-        the header fields to send (HeaderPlan.request_fields)."""
+        """`head_for(authority, chunked)` is the request head to send (the door's
+        HeaderPlan.request_head), for the upstream's authority and the body's framing."""
         target = self._target(route)
         has_body = request.body_exists
         chunked = has_body and "Content-Length" not in request.headers
-        head = _request_head(request.method, path_qs, fields, target.authority, chunked)
+        head = head_for(target.authority, chunked)
         started = time.perf_counter()
         parked = _parked(request)
         conn = await self._send(request, route, target, head, has_body, chunked, parked)
@@ -303,23 +303,6 @@ class RelayedStream(_Verbatim):
 
 class RelayedResponse(_Verbatim, web.Response):
     """An upstream response whose body had all arrived with its head."""
-
-
-def _request_head(
-    method: str, path_qs: str, fields: Fields, authority: str, chunked: bool
-) -> bytes:
-    parts = [f"{method} {path_qs} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")]
-    has_host = False
-    for name, value in fields:
-        if not has_host and len(name) == 4 and name.lower() == b"host":
-            has_host = True
-        parts += (name, b": ", value, b"\r\n")
-    if not has_host:
-        parts += (b"Host: ", authority.encode(), b"\r\n")
-    if chunked:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
 
 
 async def _send_body(

@@ -25,6 +25,9 @@ REQUEST_ONLY_DROPPED: Final = PROXY_SET_HEADERS | {"expect"}
 RESPONSE_DROPPED_RAW: Final = frozenset(
     name.encode() for name in HOP_BY_HOP | {"content-length"})
 REQUEST_ID: Final = "X-Request-Id"
+FORWARDING: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                               b"forwarded"})
+MEMO_MAX: Final = 1024  # entries in each memo of a HeaderPlan
 UNSENDABLE: Final = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
@@ -114,6 +117,8 @@ class HeaderPlan:
             self.dropped |= {"authorization"}
         self.dropped_raw = frozenset(name.encode() for name in self.dropped)
         self.trusted = trusted
+        self._forwarded_memo: dict[tuple[str | None, str, bytes | None], tuple[Fields, bytes]] = {}
+        self._claims_memo: dict[int, tuple[Mapping[str, Any], tuple[Fields, bytes]]] = {}
 
     def request_fields(
         self,
@@ -126,25 +131,53 @@ class HeaderPlan:
         """The header fields to send upstream, bytes for bytes: the request's own less the
         dropped ones (under `_`/case variants too, and any its `Connection` lists), then
         X-Forwarded-*, Forwarded, X-Request-Id and the route's claims."""
+        kept, host, prior = self._kept(raw)
+        forwarded, _ = self._forwarded(peer, scheme, host, prior)
+        claim_fields, _ = self._claim_fields(claims)
+        return [*kept, *forwarded, (b"X-Request-Id", request_id.encode()), *claim_fields]
+
+    def request_head(
+        self, method: str, target: str, raw: Iterable[tuple[bytes, bytes]],
+        claims: Mapping[str, Any] | None, peer: str | None, scheme: str, request_id: str,
+        authority: str, chunked: bool, strip: CredentialStrip | None = None,
+    ) -> bytes:
+        """`request_fields` as the whole HTTP/1.1 request head for `target` (the raw
+        request target, sent as is), with Host from `authority` when the client sent
+        none; `strip` removes the credential (`forward.authorization: strip`)."""
+        kept, host, prior = self._kept(raw)
+        if strip is not None:
+            kept = strip.strip_fields(kept)
+            host = next((value for name, value in kept if name.lower() == b"host"), None)
+        _, forwarded = self._forwarded(peer, scheme, host, prior)
+        _, claim_lines = self._claim_fields(claims)
+        parts = [f"{method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")]
+        for name, value in kept:
+            parts += (name, b": ", value, b"\r\n")
+        parts += (forwarded, b"X-Request-Id: ", request_id.encode(), b"\r\n", claim_lines)
+        if host is None:
+            parts += (b"Host: ", authority.encode(), b"\r\n")
+        if chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def _kept(
+        self, raw: Iterable[tuple[bytes, bytes]]
+    ) -> tuple[Fields, bytes | None, _Prior | None]:
+        """The request's own fields that go upstream, its first Host, and what earlier
+        proxies said (None when the request carries no forwarding header at all)."""
         dropped = self.dropped_raw
         out: Fields = []
-        prior_for: list[bytes] = []
-        prior_forwarded: list[bytes] = []
-        host = proto = forwarded_host = None
+        prior: _Prior | None = None
+        host = None
         for name, value in raw:
             lower = name.lower()
             if b"_" in lower:
                 lower = lower.replace(b"_", b"-")
             if lower in dropped:
-                if lower == b"x-forwarded-for" and b"_" not in name:
-                    prior_for.append(value)
-                elif lower == b"x-forwarded-proto" and proto is None and b"_" not in name:
-                    proto = value
-                elif lower == b"x-forwarded-host" and forwarded_host is None and (
-                        b"_" not in name):
-                    forwarded_host = value
-                elif lower == b"forwarded" and b"_" not in name:
-                    prior_forwarded.append(value)
+                if lower in FORWARDING and b"_" not in name:
+                    prior = prior or _Prior()
+                    prior.add(lower, value)
                 elif lower == b"connection":
                     dropped = dropped | {
                         token.strip().lower().replace(b"_", b"-") for token in value.split(b",")}
@@ -154,17 +187,67 @@ class HeaderPlan:
             out.append((name, value))
         if dropped is not self.dropped_raw:  # a Connection header named more to drop
             out = [(n, v) for n, v in out if n.lower().replace(b"_", b"-") not in dropped]
-        self._forwarded(out, peer, scheme, host, proto, forwarded_host, prior_for,
-                        prior_forwarded)
-        out.append((b"X-Request-Id", request_id.encode()))
-        if claims is not None:
-            for claim, header in self.claim_fields:
-                text = claim_header_value(claims.get(claim))
-                if text is not None:
-                    out.append((header, text.encode()))
-            if self.payload_header:
-                out.append((self.payload_header.encode(), encoded_claims(claims).encode()))
+        return out, host, prior
+
+    def _forwarded(
+        self, peer: str | None, scheme: str, host: bytes | None, prior: _Prior | None
+    ) -> tuple[Fields, bytes]:
+        """X-Forwarded-* and Forwarded, as fields and as head lines. Without earlier
+        proxies' headers they depend on the connection and Host alone: remembered."""
+        if prior is None:
+            key = (peer, scheme, host)
+            known = self._forwarded_memo.get(key)
+            if known is None:
+                if len(self._forwarded_memo) >= MEMO_MAX:
+                    self._forwarded_memo.clear()
+                known = self._forwarded_memo[key] = _lines(
+                    self._forwarded_fields(peer, scheme, host, _Prior()))
+            return known
+        return _lines(self._forwarded_fields(peer, scheme, host, prior))
+
+    def _forwarded_fields(
+        self, peer: str | None, scheme: str, host: bytes | None, prior: _Prior
+    ) -> Fields:
+        peer = peer or "unknown"
+        peer_raw = peer.encode()
+        trusted = peer in self.trusted
+        out: Fields = [(b"X-Forwarded-For",
+                        b", ".join([*prior.for_, peer_raw]) if prior.for_ else peer_raw)]
+        out.append((b"X-Forwarded-Proto",
+                    prior.proto if trusted and prior.proto is not None else scheme.encode()))
+        host = host or b""
+        shown_host = prior.host if trusted and prior.host is not None else host
+        if shown_host:  # an empty one reads as an empty host to frameworks trusting it
+            out.append((b"X-Forwarded-Host", shown_host))
+        node = f'"[{peer}]"'.encode() if ":" in peer else peer_raw
+        quoted_host = host.replace(b"\\", b"\\\\").replace(b'"', b'\\"')  # RFC 9110 §5.6.4
+        element = b"for=%b;proto=%b" % (node, scheme.encode()) + (
+            b';host="%b"' % quoted_host if host else b"")
+        if trusted and prior.forwarded:
+            element = b", ".join([*prior.forwarded, element])
+        out.append((b"Forwarded", element))
         return out
+
+    def _claim_fields(self, claims: Mapping[str, Any] | None) -> tuple[Fields, bytes]:
+        """The route's claim headers of `claims`. A cached token's claims are one shared
+        object, request after request: its fields are remembered by identity (the entry
+        holds the object, so its id cannot be reused while remembered)."""
+        if claims is None:
+            return [], b""
+        known = self._claims_memo.get(id(claims))
+        if known is not None and known[0] is claims:
+            return known[1]
+        fields: Fields = []
+        for claim, header in self.claim_fields:
+            text = claim_header_value(claims.get(claim))
+            if text is not None:
+                fields.append((header, text.encode()))
+        if self.payload_header:
+            fields.append((self.payload_header.encode(), encoded_claims(claims).encode()))
+        if len(self._claims_memo) >= MEMO_MAX:
+            self._claims_memo.clear()
+        entry = self._claims_memo[id(claims)] = (claims, _lines(fields))
+        return entry[1]
 
     def request_headers(
         self,
@@ -181,29 +264,31 @@ class HeaderPlan:
             (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
             for name, value in self.request_fields(raw, claims, peer, scheme, request_id))
 
-    def _forwarded(
-        self, out: Fields, peer: str | None, scheme: str, host: bytes | None,
-        proto: bytes | None, forwarded_host: bytes | None, prior_for: list[bytes],
-        prior_forwarded: list[bytes],
-    ) -> None:
-        peer = peer or "unknown"
-        peer_raw = peer.encode()
-        trusted = peer in self.trusted
-        out.append((b"X-Forwarded-For",
-                    b", ".join([*prior_for, peer_raw]) if prior_for else peer_raw))
-        out.append((b"X-Forwarded-Proto",
-                    proto if trusted and proto is not None else scheme.encode()))
-        host = host or b""
-        shown_host = forwarded_host if trusted and forwarded_host is not None else host
-        if shown_host:  # an empty one reads as an empty host to frameworks trusting it
-            out.append((b"X-Forwarded-Host", shown_host))
-        node = f'"[{peer}]"'.encode() if ":" in peer else peer_raw
-        quoted_host = host.replace(b"\\", b"\\\\").replace(b'"', b'\\"')  # RFC 9110 §5.6.4
-        element = b"for=%b;proto=%b" % (node, scheme.encode()) + (
-            b';host="%b"' % quoted_host if host else b"")
-        if trusted and prior_forwarded:
-            element = b", ".join([*prior_forwarded, element])
-        out.append((b"Forwarded", element))
+
+class _Prior:
+    """The forwarding headers earlier proxies set (believed only from trusted peers)."""
+
+    __slots__ = ("for_", "forwarded", "host", "proto")
+
+    def __init__(self) -> None:
+        self.for_: list[bytes] = []
+        self.forwarded: list[bytes] = []
+        self.proto: bytes | None = None
+        self.host: bytes | None = None
+
+    def add(self, lower: bytes, value: bytes) -> None:
+        if lower == b"x-forwarded-for":
+            self.for_.append(value)
+        elif lower == b"x-forwarded-proto":
+            self.proto = value if self.proto is None else self.proto
+        elif lower == b"x-forwarded-host":
+            self.host = value if self.host is None else self.host
+        else:
+            self.forwarded.append(value)
+
+
+def _lines(fields: Fields) -> tuple[Fields, bytes]:
+    return fields, b"".join(b"%b: %b\r\n" % field for field in fields)
 
 
 class CredentialStrip:

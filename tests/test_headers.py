@@ -298,3 +298,52 @@ def test_no_host_no_x_forwarded_host() -> None:
     assert out["Forwarded"] == "for=203.0.113.7;proto=http"
     out = rewrite([("Host", ""), ("X-Forwarded-Host", "evil.test")])
     assert "X-Forwarded-Host" not in out
+
+
+def _head_fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    lines = head.split(b"\r\n")
+    assert lines[-2:] == [b"", b""]
+    return [tuple(line.split(b": ", 1)) for line in lines[1:-2]]  # type: ignore[misc]
+
+
+def test_request_head_is_the_request_fields_as_one_head() -> None:
+    the_plan = plan()
+    raw = [(b"Host", b"api.example.com"), (b"Accept", b"*/*"), (b"X-Auth-Subject", b"forged")]
+    head = the_plan.request_head("GET", "/a%2Fb?q=1", raw, CLAIMS, "203.0.113.7", "http",
+                                 "req-1", "127.0.0.1:8080", chunked=False)
+    assert head.startswith(b"GET /a%2Fb?q=1 HTTP/1.1\r\n")
+    assert _head_fields(head) == the_plan.request_fields(raw, CLAIMS, "203.0.113.7", "http",
+                                                          "req-1")
+    # no Host from the client: the upstream's authority; a chunked body says so
+    head = the_plan.request_head("POST", "/", [(b"Accept", b"*/*")], None, None, "https",
+                                 "req-2", "127.0.0.1:8080", chunked=True)
+    fields = _head_fields(head)
+    assert fields[-2:] == [(b"Host", b"127.0.0.1:8080"), (b"Transfer-Encoding", b"chunked")]
+    assert (b"X-Forwarded-For", b"unknown") in fields
+
+
+def test_remembered_claim_and_forwarding_fields_never_cross_requests() -> None:
+    """The memos (claims by identity, X-Forwarded-* by peer and Host) give each request
+    its own values, also once a memo is full and starts over."""
+    from jwtproxy.headers import MEMO_MAX
+
+    the_plan = plan()
+    for i in range(MEMO_MAX + 50):
+        claims = {"sub": f"user-{i}"}  # a new object each time: ids get reused
+        peer, host = f"10.0.{i // 256}.{i % 256}", f"h{i % 7}".encode()
+        fields = the_plan.request_fields([(b"Host", host)], claims, peer, "http", f"r{i}")
+        assert (b"X-Auth-Subject", f"user-{i}".encode()) in fields
+        assert (b"X-Forwarded-For", peer.encode()) in fields
+        assert (b"Forwarded", b'for=%b;proto=http;host="%b"' % (peer.encode(), host)) in fields
+        assert (b"X-Request-Id", f"r{i}".encode()) in fields
+    assert len(the_plan._claims_memo) <= MEMO_MAX
+    assert len(the_plan._forwarded_memo) <= MEMO_MAX
+    # a client's own X-Forwarded-For is never taken from (nor put into) the memo
+    claims = {"sub": "same"}
+    plain = the_plan.request_fields([(b"Host", b"h")], claims, "203.0.113.7", "http", "a")
+    prior = the_plan.request_fields([(b"Host", b"h"), (b"X-Forwarded-For", b"1.2.3.4")],
+                                    claims, "203.0.113.7", "http", "b")
+    assert (b"X-Forwarded-For", b"203.0.113.7") in plain
+    assert (b"X-Forwarded-For", b"1.2.3.4, 203.0.113.7") in prior
+    again = the_plan.request_fields([(b"Host", b"h")], claims, "203.0.113.7", "http", "c")
+    assert (b"X-Forwarded-For", b"203.0.113.7") in again
