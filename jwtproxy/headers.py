@@ -351,8 +351,13 @@ def _response_dropped(raw: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     dropped = RESPONSE_DROPPED_RAW
     for name, value in raw:
         if name.lower() == b"connection":
-            dropped = dropped | {token.strip().lower() for token in value.split(b",")}
+            dropped = dropped | _connection_names(value, None)
     return dropped
+
+
+def _connection_names(value: bytes, more: frozenset[bytes] | None) -> frozenset[bytes]:
+    names = frozenset(token.strip().lower() for token in value.split(b","))
+    return names if more is None else names | more
 
 
 def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
@@ -373,18 +378,26 @@ def response_bytes(
     none (RFC 9110 §6.6.1), our Content-Length. Writing it in one piece costs ~40 µs less
     than aiohttp's Response (header multidict, serialisation, two writes). `head_only`:
     the answer to HEAD, its Content-Length without the body."""
-    dropped = _response_dropped(raw)
     parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason or _phrase(status))]
     has_id = has_date = False
-    for name, value in raw:
+    listed: frozenset[bytes] | None = None  # what a `Connection` header names
+    for name, value in raw:  # one pass: a Connection header naming more filters again
         lower = name.lower()
-        if lower in dropped:
+        if lower in RESPONSE_DROPPED_RAW:
+            if lower == b"connection":
+                listed = _connection_names(value, listed)
             continue
         if lower == b"x-request-id":
             has_id = True
         elif lower == b"date":
             has_date = True
         parts += (name, b": ", value, b"\r\n")
+    if listed is not None and not listed <= RESPONSE_DROPPED_RAW:
+        parts[1:] = [item for name, value in raw if name.lower() not in listed
+                     and name.lower() not in RESPONSE_DROPPED_RAW
+                     for item in (name, b": ", value, b"\r\n")]
+        has_id = any(name.lower() == b"x-request-id" for name in parts[1::4])
+        has_date = any(name.lower() == b"date" for name in parts[1::4])
     if not has_id:
         parts += (b"X-Request-Id: ", request_id.encode(), b"\r\n")
     if not has_date:

@@ -275,6 +275,35 @@ def test_response_headers() -> None:
     ]
 
 
+@pytest.mark.parametrize("upstream", [
+    [(b"X-Hop", b"1"), (b"Content-Type", b"text/plain"), (b"Connection", b"X-Hop, close"),
+     (b"Content-Length", b"5"), (b"x-hop", b"2"), (b"Set-Cookie", b"a=1")],
+    [(b"Connection", b"keep-alive"), (b"Content-Type", b"text/plain"), (b"X-Hop", b"1"),
+     (b"Set-Cookie", b"a=1")],
+])
+def test_response_bytes_is_response_headers_in_one_piece(
+    upstream: list[tuple[bytes, bytes]]
+) -> None:
+    """The whole-response path and the streamed path send the same headers (here: what
+    `Connection` lists is dropped wherever it stands), then X-Request-Id, Date, our length."""
+    from jwtproxy.headers import response_bytes
+
+    data = response_bytes(200, b"OK", upstream, b"hello", "req-1", keep_alive=False)
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 200 OK" and body == b"hello"
+    sent = [tuple(line.decode().split(": ", 1)) for line in lines[1:]]
+    names = [name for name, _ in sent]
+    assert sent[:len(names) - 4] == response_headers(upstream)
+    assert names[-4:] == ["X-Request-Id", "Date", "Connection", "Content-Length"]
+    assert sent[-2:] == [("Connection", "close"), ("Content-Length", "5")]
+    # an upstream's own X-Request-Id and Date are kept, not doubled
+    data = response_bytes(204, b"", [(b"Date", b"d"), (b"X-Request-Id", b"up")], b"", "req-1",
+                          keep_alive=True)
+    assert data == (b"HTTP/1.1 204 No Content\r\nDate: d\r\nX-Request-Id: up\r\n"
+                    b"Content-Length: 0\r\n\r\n")
+
+
 @pytest.mark.parametrize(("networks", "peer", "inside"), [
     (("10.0.0.0/8",), "10.1.2.3", True),
     (("10.0.0.0/8",), "11.0.0.1", False),
