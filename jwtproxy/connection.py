@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import logging
 import ssl
-import struct
 import termios
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +27,7 @@ log = logging.getLogger("jwtproxy.connection")
 HIGH_WATER: Final = 1024 * 1024  # buffered response bytes before reading pauses
 # Reasons (metrics.UPSTREAM_CLOSE_REASONS) for which the upstream is to blame.
 POISONED: Final = ("extra_bytes", "idle_bytes", "bad_response")
+NOTHING_WAITING: Final = bytes(4)  # FIONREAD's count of 0, in any byte order
 
 
 PoolKey = tuple[str, int, ssl.SSLContext | None]
@@ -114,12 +114,12 @@ class Connection(asyncio.Protocol):
         the client's next request would otherwise be read as that request's answer."""
         if self.fd < 0:
             return False
-        try:
-            waiting: int = struct.unpack(
-                "i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        count = bytearray(4)  # mutable: ioctl fills it (a bytes argument is first tried as
+        try:                  # a writable buffer, and the failed try formats an error)
+            fcntl.ioctl(self.fd, termios.FIONREAD, count)
         except OSError:
             return True  # cannot tell: do not reuse
-        return waiting > 0
+        return count != NOTHING_WAITING
 
     def data_received(self, data: bytes) -> None:
         if not self.in_exchange:
