@@ -189,6 +189,8 @@ class ProxyApp:
         request_id = request.headers.get("X-Request-Id", "")
         if not request_id or not REQUEST_ID_PATTERN.fullmatch(request_id):
             request_id = self.request_ids()
+        # the lean loop's requests have no body, Expect or Upgrade (lean.takes)
+        lean = isinstance(request, LeanRequest)
         peer = peer_address(request)
         # the Host header as sent; no Host is "" (aiohttp's `request.host` would resolve
         # this machine's FQDN instead: a blocking DNS lookup per request, and a host-bound
@@ -221,12 +223,12 @@ class ProxyApp:
                     raw_query = strip.strip_query(raw_query)
                     sep = sep if raw_query else ""
                 path_qs = decision.upstream_path + sep + raw_query
-                if (request.version >= HttpVersion11
+                if (not lean and request.version >= HttpVersion11
                         and request.headers.get("Expect", "").lower() == "100-continue"):
                     # RFC 9110 §10.1.1: the body is wanted now that the request passed
                     # (an HTTP/1.0 client gets no interim response)
                     await request.writer.write(CONTINUE)
-                if _is_websocket(request):
+                if not lean and _is_websocket(request):
                     headers = plan.request_headers(
                         request.headers, decision.claims, peer, request.scheme, request_id)
                     if strip is not None:
@@ -264,7 +266,8 @@ class ProxyApp:
                      if decision is not None and refusal is decision.error else None)
             return await _refuse(request, refusal, offer, request_id)
         assert response is not None
-        if isinstance(response, web.StreamResponse) and not response.prepared:
+        if not response.prepared:  # an aiohttp response (Sent is written already)
+            assert isinstance(response, web.StreamResponse)
             response.headers["X-Request-Id"] = request_id
         return response
 

@@ -56,7 +56,7 @@ class Connection(asyncio.Protocol):
                  "idle_since", "in_exchange", "keep_alive", "key", "last_body", "loop",
                  "on_close", "parked_in", "parser", "poisoned", "reading_paused", "reason",
                  "received", "sent_whole_request", "status", "transport", "until_close",
-                 "wrote")
+                 "writing_paused", "wrote")
 
     def __init__(
         self, key: PoolKey, loop: asyncio.AbstractEventLoop, on_close: CloseCounter | None = None
@@ -73,6 +73,7 @@ class Connection(asyncio.Protocol):
         self.parked_in: Parked | None = None
         self._can_write = asyncio.Event()
         self._can_write.set()
+        self.writing_paused = False
         self.begin(head_only=False)
         self.in_exchange = False
 
@@ -170,9 +171,11 @@ class Connection(asyncio.Protocol):
         self._can_write.set()
 
     def pause_writing(self) -> None:
+        self.writing_paused = True
         self._can_write.clear()
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
         self._can_write.set()
 
     # -- llhttp callbacks ------------------------------------------------------------------
@@ -224,13 +227,15 @@ class Connection(asyncio.Protocol):
         if self.buffered > HIGH_WATER and self.transport is not None and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
-        self._wake()
+        if self.body_waiter is not None:
+            self._wake()
 
     def on_message_complete(self) -> None:
         if not self.final or self.complete:
             return  # the end of a 1xx interim message; or HEAD, completed at its head
         self.complete = True
-        self._wake()
+        if self.body_waiter is not None:
+            self._wake()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -278,7 +283,7 @@ class Connection(asyncio.Protocol):
             raise UpstreamError("upstream connection closed while sending")
         self.transport.write(data)
         self.wrote = True
-        return not self._can_write.is_set()
+        return self.writing_paused
 
     async def drained(self) -> None:
         await self._can_write.wait()

@@ -43,14 +43,12 @@ class UpstreamTiming:
 
 @dataclass(frozen=True, slots=True)
 class _Target:
-    host: str
-    port: int
-    tls: ssl.SSLContext | None
+    pool_key: PoolKey  # (host, port, TLS context)
     authority: str
 
     @property
-    def pool_key(self) -> PoolKey:
-        return (self.host, self.port, self.tls)
+    def tls(self) -> ssl.SSLContext | None:
+        return self.pool_key[2]
 
 
 HeadBuilder = Callable[[str, bool], bytes]  # (upstream authority, chunked) -> request head
@@ -98,7 +96,7 @@ class Forwarder:
             if tls is None:
                 tls = ssl.create_default_context(cafile=route.ca_file)
             contexts[key] = tls
-        return _Target(url.raw_host or "", url.port or 80, tls, url.raw_authority)
+        return _Target((url.raw_host or "", url.port or 80, tls), url.raw_authority)
 
     def retain(self, routes: Iterable[Route]) -> None:
         """The upstreams a new config uses: targets and TLS contexts of equal settings are

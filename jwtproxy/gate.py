@@ -178,7 +178,8 @@ class Gate:
                 decision.error = MissingToken("no token")
                 decision.challenge = self._challenge(route, view, False, decision.error)
             return decision
-        _note(steps, "token", True, f"found ({len(token)} bytes)")
+        if steps is not None:
+            steps.append(Step("token", True, f"found ({len(token)} bytes)"))
         dpop = self.extractor.presented_as_dpop(view.headers)
         route_meta = self.metadata.get(route.name)
         try:

@@ -178,7 +178,8 @@ class KeyStore:
     @property
     def ready(self) -> bool:
         """Keys are held and usable (the verifier checks this on every cache hit)."""
-        return self.key_set is not None and self.clock() < self.usable_until
+        return (self.key_set is not None
+                and self.clock() < self.fresh_until + self.settings.stale_if_error)
 
     @property
     def usable_key_count(self) -> int:
