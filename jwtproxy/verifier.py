@@ -4,6 +4,7 @@ and the time / audience / token_use checks, in that order (RFC 8725)."""
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -88,6 +89,7 @@ class Verified:
     key: VerifyKey
     cache_hit: bool = False
     marks: tuple[str, ...] = ()  # what the revocation list could name it by
+    valid_from: float = -math.inf  # cached: the latest nbf/iat less the leeway
 
 
 INTERNED_VALUE_CHARS: Final = 256
@@ -115,7 +117,8 @@ def _remembered_until(_key: object, _value: object, now: float) -> float:
 
 class Verifier:
     """Verifies tokens against the configured issuers; caches verified tokens by digest,
-    never past `exp`, re-running the time checks on every hit."""
+    never past `exp` (plus leeway: the cache drops them then), their nbf/iat checked again
+    on every hit (against a wall clock stepped back)."""
 
     def __init__(
         self,
@@ -186,10 +189,11 @@ class Verifier:
             return None
         store = self.stores[cached.issuer]
         # `ready`: past stale_if_error no token of the issuer passes, cached or not
-        if store.key_set is None or cached.key not in store.key_set or not store.ready:
-            return None
+        if not store.ready or cached.key not in store.key_set:  # type: ignore[operator]
+            return None  # (ready: it has a key set)
         try:
-            self.check_time(cached.claims, self.issuers[cached.issuer])
+            if cached.valid_from > self.now():  # the full checks say which claim
+                self.check_time(cached.claims, self.issuers[cached.issuer])
             self.revocations.check(cached.marks, cached.claims)
         except JwtProxyError as err:
             err.issuer, err.cache_hit = cached.issuer, True
@@ -212,8 +216,12 @@ class Verifier:
             self._remember(digest, allowed, [err])
             raise
         # as the next request sees it, its claims' names and short strings shared
+        leeway = self.issuers[verified.issuer].leeway
+        valid_from = max((float(verified.claims[name]) for name in ("nbf", "iat")
+                          if name in verified.claims), default=-math.inf) - leeway
         self.cache[digest] = Verified(verified.issuer, _interned(verified.claims), verified.key,
-                                      cache_hit=True, marks=verified.marks)  # not replace(): 3 µs
+                                      cache_hit=True, marks=verified.marks,
+                                      valid_from=valid_from)  # not replace(): 3 µs
         try:
             self.revocations.check(verified.marks, verified.claims)
         except JwtProxyError as err:

@@ -185,6 +185,30 @@ async def test_cache_never_outlives_exp_and_drops_removed_keys(keys: KeyRing) ->
         await verifier.verify(fresh, ("main",))
 
 
+@pytest.mark.parametrize("claim", ["nbf", "iat"])
+async def test_a_cache_hit_is_not_valid_yet_after_the_clock_steps_back(
+    keys: KeyRing, claim: str
+) -> None:
+    """The cache drops a token at exp + leeway; its nbf/iat bound is compared on each hit,
+    so a wall clock stepped back (NTP) makes a cached token not valid yet, as uncached."""
+    clock = Clock()
+    key_set, _ = parse_jwks(json.dumps(keys.jwks()).encode())
+    issuer = Issuer(name="main", issuer=ISSUER, audiences=(AUDIENCE,), leeway=5,
+                    algorithms=("RS256",))
+    verifier = Verifier({"main": issuer}, {"main": static_store(key_set)}, wall_clock=clock)
+    start = int(clock.now)
+    token = mint(keys.rsa, claims(**{"exp": start + 100, "iat": start - 1, claim: start}))
+    await verifier.verify(token, ("main",))
+    clock.now = start - 5  # within the leeway: still a hit
+    assert (await verifier.verify(token, ("main",))).cache_hit
+    clock.now = start - 6
+    with pytest.raises(NotYetValid, match=claim) as refused:
+        await verifier.verify(token, ("main",))
+    assert refused.value.cache_hit is True
+    clock.now = start + 1
+    assert (await verifier.verify(token, ("main",))).cache_hit
+
+
 async def test_same_iss_configured_twice_tries_each_issuer_of_the_route(
     make_proxy: ProxyFactory, jwks: tuple[JwksEndpoint, str],
     upstream: tuple[EchoUpstream, str], keys: KeyRing,
