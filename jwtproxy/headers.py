@@ -27,6 +27,7 @@ RESPONSE_DROPPED_RAW: Final = frozenset(
 REQUEST_ID: Final = "X-Request-Id"
 FORWARDING: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
                                b"forwarded"})
+PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})  # names nothing else
 MEMO_MAX: Final = 1024  # entries in each memo of a HeaderPlan
 # `95 in name`, not `b"_" in name`: bytes.__contains__ tries its argument as an int first,
 # and a bytes argument costs it a formatted TypeError, raised and cleared (~1.8k instructions)
@@ -181,7 +182,7 @@ class HeaderPlan:
                 if lower in FORWARDING and UNDERSCORE not in name:
                     prior = prior or _Prior()
                     prior.add(lower, value)
-                elif lower == b"connection":
+                elif lower == b"connection" and value.lower() not in PLAIN_CONNECTION:
                     dropped = dropped | {
                         token.strip().lower().replace(b"_", b"-") for token in value.split(b",")}
                 continue
@@ -387,7 +388,7 @@ def response_bytes(
     for name, value in raw:  # one pass: a Connection header naming more filters again
         lower = name.lower()
         if lower in RESPONSE_DROPPED_RAW:
-            if lower == b"connection":
+            if lower == b"connection" and value.lower() not in PLAIN_CONNECTION:
                 listed = _connection_names(value, listed)
             continue
         if lower == b"x-request-id":
