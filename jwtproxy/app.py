@@ -280,7 +280,6 @@ class ProxyApp:
                         self.revocations.list)
 
 
-
 async def _refuse(
     request: web.BaseRequest | LeanRequest, err: JwtProxyError, offer: Challenge | None,
     request_id: str,
