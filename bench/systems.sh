@@ -367,6 +367,7 @@ EOF
       internal;
       proxy_pass http://jwtproxy;
       proxy_pass_request_body off;
+      proxy_method HEAD;
       proxy_set_header Content-Length "";
       proxy_set_header Host \$host;
       proxy_set_header X-Original-Method \$request_method;

@@ -303,6 +303,35 @@ def test_each_denial_relayed_with_its_challenge(
         assert 'scope="orders:read"' in answer.headers["WWW-Authenticate"]
 
 
+def _closed_by_the_gateway(port: int) -> int:
+    """Connections to `port` the gateway closed in the last minute (TIME_WAIT on its side:
+    the peer port is `port`), from /proc/net/tcp."""
+    closed = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "06" and int(fields[2].rsplit(":", 1)[1], 16) == port:
+            closed += 1
+    return closed
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="counts sockets in /proc")
+def test_denials_keep_the_gateways_connection_to_jwtproxy(
+    backend: Backend, gateway_port: int,
+) -> None:
+    """A denial answers with a JSON body; nginx never reads a subrequest's body and closes
+    a connection that still holds one. The snippet asks with HEAD (`proxy_method`): same
+    status and headers, no body, the connection kept. Before, each denial cost a connect."""
+    assert backend.jwtproxy.forward_port is not None
+    forged = bearer(mint(backend.keys.other_rsa, {"iss": ISSUER, "aud": AUDIENCE}))
+    before = _closed_by_the_gateway(backend.jwtproxy.forward_port)
+    for i in range(20):
+        answer = send(gateway_port, "GET", f"/orders/{gateway_port}/keep/{i}", forged)
+        assert answer.status == 401
+        assert 'error="invalid_token"' in answer.headers["WWW-Authenticate"]
+    closed = _closed_by_the_gateway(backend.jwtproxy.forward_port) - before
+    assert closed <= 2, f"{closed} of 20 denials closed the connection to jwtproxy"
+
+
 @pytest.mark.parametrize("target", [
     "/public/../orders/{port}/dots",
     "/public/%2e%2e/orders/{port}/encoded",
