@@ -3,7 +3,7 @@
 # unlike CPU time on a shared VM, the count is the same from run to run (±0.1%), so two
 # checkouts can be compared by running this once for each.
 #
-#   bench/instructions.sh [valid|invalid|public] [REQUESTS]     (default valid 500)
+#   bench/instructions.sh [valid|invalid|public|distinct] [REQUESTS]   (default valid 500)
 #   SRC=/path/to/other/checkout bench/instructions.sh valid      # the other code, same keys
 #
 # One keep-alive client sends REQUESTS requests one after the other once the worker is
@@ -23,21 +23,29 @@ source bench/one_worker.sh  # its EXIT trap stops what it started
 case $PATH_KIND in
   valid|public) token=$(tr -d '\n' <$RUN/keys/valid.jwt) ;;
   invalid) token=$(tr -d '\n' <$RUN/keys/badsig.jwt) ;;
-  *) echo "path: valid|invalid|public" >&2; exit 2 ;;
+  distinct) token=$RUN/keys/distinct.pool.txt ;;  # a file: each request its own token
+  *) echo "path: valid|invalid|public|distinct" >&2; exit 2 ;;
 esac
 one_worker_start "$PATH_KIND" 18294 19304 "$OUT" \
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$PWD/$OUT/callgrind.out"
-wrk -t1 -c4 -d3s -H "Authorization: Bearer $token" http://127.0.0.1:18294/ >/dev/null  # warm-up
+warm=$token; [[ $PATH_KIND == distinct ]] && warm=$(tr -d '\n' <$RUN/keys/valid.jwt)
+wrk -t1 -c4 -d3s -H "Authorization: Bearer $warm" http://127.0.0.1:18294/ >/dev/null  # warm-up
 callgrind_control -i on "$proxy" >/dev/null 2>&1
 $PY - "$token" "$REQUESTS" <<'PY'
 import socket
 import sys
 
 token, count = sys.argv[1], int(sys.argv[2])
-request = f"GET / HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+if token.startswith("bench/"):  # distinct: never-seen tokens, every one a cache miss
+    with open(token) as pool:
+        tokens = [line.strip() for line in pool if line.strip()][:count]
+    assert len(tokens) == count, "fewer distinct tokens than requests"
+else:
+    tokens = [token] * count
 with socket.create_connection(("127.0.0.1", 18294)) as sock:
-    for _ in range(count):
-        sock.sendall(request)
+    for token in tokens:
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n"
+                     "\r\n".encode())
         data = b""
         while b"\r\n\r\n" not in data:
             data += sock.recv(65536)
