@@ -32,7 +32,7 @@ from .gate import Challenge, Decision, Gate, RequestView
 from .headers import CredentialStrip, HeaderPlan, header_plans
 from .jwks import KeyStore
 from .lean import LeanRequest, aiohttp_request
-from .log import ACCESS_LOGGER
+from .log import AccessLog
 from .metrics import NO_ISSUER, NO_ROUTE, Metrics
 from .revocation import Lifetime, token_marks
 from .revocation_sync import Revocations
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .dpop_replay import RedisReplayCache
 
 log = logging.getLogger("jwtproxy.app")
-access_log = logging.getLogger(ACCESS_LOGGER)
+access_log = AccessLog()
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 MAX_HEADER_FIELD: Final = 64 * 1024
@@ -258,8 +258,8 @@ class ProxyApp:
         route_name = decision.route.route.name if decision and decision.route else NO_ROUTE
         elapsed = time.perf_counter() - started
         self.metrics.observe_request(route_name, status, elapsed, timing.seconds)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info("request", extra=_access_fields(
+        if access_log.enabled():
+            access_log.write(_access_fields(
                 request, route_name, status, elapsed, timing, decision, request_id))
         if refusal is not None:
             offer = (decision.challenge

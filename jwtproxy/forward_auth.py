@@ -26,11 +26,11 @@ from .config import Config, ForwardAuth, Route
 from .errors import HeaderSectionTooLarge, InvalidRequest, JwtProxyError, NotFound
 from .gate import Challenge, Decision, RequestView
 from .headers import TrustedProxies, claim_header_value, encoded_claims
-from .log import ACCESS_LOGGER
+from .log import AccessLog
 from .metrics import NO_ROUTE
 
 log = logging.getLogger("jwtproxy.forward_auth")
-access_log = logging.getLogger(ACCESS_LOGGER)
+access_log = AccessLog()
 
 DOOR: Final = "forward_auth"
 # nginx `auth_request` turns any status but 2xx/401/403 into a 500: "no route" is a 403
@@ -165,8 +165,8 @@ class ForwardAuthDoor:
             response = error_answer(err)
         route = decision.route.route.name if decision and decision.route else NO_ROUTE
         self.proxy.metrics.observe_forward_auth(route, response.status)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info("request", extra=_access_fields(
+        if access_log.enabled():
+            access_log.write(_access_fields(
                 request, peer, original, route, response.status,
                 time.perf_counter() - started, decision))
         return response
