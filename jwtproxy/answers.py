@@ -57,12 +57,26 @@ def error_bytes(
     head_only: bool,
 ) -> bytes:
     """The answer of error_response as one HTTP/1.1 message, as relayed answers are
-    written (headers.response_bytes): no aiohttp Response to build on the lean path."""
-    body, headers = error_parts(err, offer)
-    fields = [(JSON_TYPE[0], JSON_TYPE[1])]
-    fields += ((name.encode(), value.encode()) for name, value in headers)
-    return response_bytes(err.status, b"", fields, json.dumps(body).encode(), request_id,
+    written (headers.response_bytes): no aiohttp Response to build on the lean path. A
+    replayed bad token meets the same error and challenge each time: their rendering is
+    remembered (bounded), so a refusal costs no more than an acceptance."""
+    key = (type(err), err.status, err.error, err.description, getattr(err, "scope", None),
+           offer)
+    rendered = _RENDERED.get(key)
+    if rendered is None:
+        body, headers = error_parts(err, offer)
+        fields = [(JSON_TYPE[0], JSON_TYPE[1])]
+        fields += ((name.encode(), value.encode()) for name, value in headers)
+        if len(_RENDERED) >= RENDERED_MAX:
+            _RENDERED.clear()
+        rendered = _RENDERED[key] = (fields, json.dumps(body).encode())
+    fields, body_bytes = rendered
+    return response_bytes(err.status, b"", fields, body_bytes, request_id,
                           keep_alive and err.status not in CLOSE_AFTER, head_only)
+
+
+RENDERED_MAX: Final = 256
+_RENDERED: dict[tuple[object, ...], tuple[list[tuple[bytes, bytes]], bytes]] = {}
 
 
 def _challenges(params: str, offer: Challenge | None) -> list[str]:

@@ -220,7 +220,8 @@ class Gate:
                 else "Bearer")
         meta = self.metadata.get(route.name)
         url = meta.url(self._origin(view)) if meta is not None and err.status == 401 else None
-        return replace(challenge, used=used, resource_metadata=url)
+        return Challenge(challenge.bearer, challenge.dpop_algs, challenge.advertise_dpop, used,
+                         url)  # not dataclasses.replace(): ~2 µs per refusal
 
 
 def _challenge(config: Config, route: Route) -> Challenge:

@@ -414,11 +414,11 @@ def response_bytes(
     return b"".join(parts)
 
 
+_PHRASES: Final = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
 def _phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
+    return _PHRASES.get(status, b"")
 
 
 _date: list[Any] = [0, b""]

@@ -287,3 +287,31 @@ async def test_upstream_timeout_is_504(
     release.set()
     assert resp.status == 504
     assert (await body(resp))["error"] == "gateway_timeout"
+
+
+def test_remembered_error_renderings_stay_apart_and_bounded() -> None:
+    """error_bytes remembers each (error, description, scope, challenge) rendering: a
+    replayed bad token costs no JSON encoding, and two errors never share an answer."""
+    from jwtproxy import answers
+    from jwtproxy.errors import BadSignature, Expired, Forbidden
+    from jwtproxy.gate import Challenge
+
+    def answer(err: Exception, offer: Challenge | None = None) -> tuple[bytes, bytes]:
+        data = answers.error_bytes(err, offer, "r-1", True, False)  # type: ignore[arg-type]
+        head, _, body = data.partition(b"\r\n\r\n")
+        return b"\r\n".join(line for line in head.split(b"\r\n")
+                            if not line.startswith(b"Date:")), body
+
+    assert answer(BadSignature("signature does not verify")) == answer(
+        BadSignature("signature does not verify"))
+    first, second = answer(Expired("token expired")), answer(Expired("token expired 2"))
+    assert first != second and b"token expired 2" in second[1]
+    scoped = Forbidden("missing scope")
+    scoped.scope = "orders:read"
+    head, _ = answer(scoped)
+    assert b'scope="orders:read"' in head
+    dpop = Challenge(bearer=True, dpop_algs="ES256", advertise_dpop=True, used="DPoP")
+    assert answer(BadSignature("x"), dpop)[0] != answer(BadSignature("x"))[0]
+    for i in range(answers.RENDERED_MAX + 10):
+        answer(Expired(f"token expired {i}"))
+    assert len(answers._RENDERED) <= answers.RENDERED_MAX
