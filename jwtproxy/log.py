@@ -26,12 +26,21 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
             if key not in _STANDARD}
 
 
-class JsonFormatter(logging.Formatter):
+class _LineFormatter(logging.Formatter):
+    """A record as one line; `line` is what AccessLog writes without a record."""
+
     def format(self, record: logging.LogRecord) -> str:
         exception = self.formatException(record.exc_info) if record.exc_info else None
         return self.line(record.created, record.levelname.lower(), record.name,
                          record.getMessage(), _fields(record), exception)
 
+    @staticmethod
+    def line(created: float, level: str, logger: str, event: str, fields: dict[str, Any],
+             exception: str | None = None) -> str:
+        raise NotImplementedError
+
+
+class JsonFormatter(_LineFormatter):
     @staticmethod
     def line(created: float, level: str, logger: str, event: str, fields: dict[str, Any],
              exception: str | None = None) -> str:
@@ -55,12 +64,7 @@ def _time(created: float) -> str:
     return f"{_second[1]}.{int((created - second) * 1000):03d}Z"
 
 
-class TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        exception = self.formatException(record.exc_info) if record.exc_info else None
-        return self.line(record.created, record.levelname.lower(), record.name,
-                         record.getMessage(), _fields(record), exception)
-
+class TextFormatter(_LineFormatter):
     @staticmethod
     def line(created: float, level: str, logger: str, event: str, fields: dict[str, Any],
              exception: str | None = None) -> str:
@@ -94,11 +98,14 @@ class AccessLog:
             self.logger.info("request", extra=fields)
             return
         formatter = handler.formatter
-        assert isinstance(formatter, JsonFormatter | TextFormatter)
+        assert isinstance(formatter, _LineFormatter)
         line = formatter.line(time.time(), "info", ACCESS_LOGGER, "request", fields)
-        with handler.lock:  # type: ignore[union-attr]
-            handler.stream.write(line + handler.terminator)
-            handler.stream.flush()
+        try:
+            with handler.lock:  # type: ignore[union-attr]
+                handler.stream.write(line + handler.terminator)
+                handler.stream.flush()
+        except Exception:  # a closed stderr: logging reports it (handleError), never the request
+            self.logger.info("request", extra=fields)
 
 
 _handler: list[logging.StreamHandler[Any] | None] = [None]  # what setup_logging installed

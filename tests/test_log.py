@@ -114,6 +114,17 @@ def test_access_lines_skip_the_log_record_and_read_as_one_from_logging(
     assert STAMP.search(direct) and "request" in direct and "route" in direct
 
 
+def test_an_access_line_that_cannot_be_written_never_fails_the_request(
+    captured: io.StringIO, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    installed = [handler for handler in logging.getLogger().handlers
+                 if isinstance(handler, logging.StreamHandler) and handler.stream is captured]
+    monkeypatch.setattr(logging.getLogger(), "handlers", installed)
+    captured.close()  # stderr gone (a log collector that died)
+    monkeypatch.setattr(logging, "raiseExceptions", False)  # as logging does in production
+    AccessLog().write(dict(FIELDS))  # no exception
+
+
 def test_access_lines_follow_the_level(captured: io.StringIO) -> None:
     logging.getLogger("jwtproxy").setLevel(logging.WARNING)
     assert not AccessLog().enabled()
