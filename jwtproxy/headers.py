@@ -29,6 +29,10 @@ FORWARDING: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-for
                                b"forwarded"})
 PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})  # names nothing else
 MEMO_MAX: Final = 1024  # entries in each memo of a HeaderPlan
+# what a memo entry may hold: a client's 60 KB Host header, or a token's claims copied
+# whole into `payload_header`, is worked out each time instead (1024 of those would be
+# tens of MB a route)
+MEMO_ENTRY_MAX: Final = 1024  # bytes
 # `95 in name`, not `b"_" in name`: bytes.__contains__ tries its argument as an int first,
 # and a bytes argument costs it a formatted TypeError, raised and cleared (~1.8k instructions)
 UNDERSCORE: Final = ord("_")
@@ -198,7 +202,7 @@ class HeaderPlan:
     ) -> tuple[Fields, bytes]:
         """X-Forwarded-* and Forwarded, as fields and as head lines. Without earlier
         proxies' headers they depend on the connection and Host alone: remembered."""
-        if prior is None:
+        if prior is None and (host is None or len(host) <= MEMO_ENTRY_MAX // 4):
             key = (peer, scheme, host)
             known = self._forwarded_memo.get(key)
             if known is None:
@@ -207,7 +211,7 @@ class HeaderPlan:
                 known = self._forwarded_memo[key] = _lines(
                     self._forwarded_fields(peer, scheme, host, _Prior()))
             return known
-        return _lines(self._forwarded_fields(peer, scheme, host, prior))
+        return _lines(self._forwarded_fields(peer, scheme, host, prior or _Prior()))
 
     def _forwarded_fields(
         self, peer: str | None, scheme: str, host: bytes | None, prior: _Prior
@@ -248,10 +252,13 @@ class HeaderPlan:
                 fields.append((header, text.encode()))
         if self.payload_header:
             fields.append((self.payload_header.encode(), encoded_claims(claims).encode()))
+        rendered = _lines(fields)
+        if len(rendered[1]) > MEMO_ENTRY_MAX:
+            return rendered
         if len(self._claims_memo) >= MEMO_MAX:
             self._claims_memo.clear()
-        entry = self._claims_memo[id(claims)] = (claims, _lines(fields))
-        return entry[1]
+        self._claims_memo[id(claims)] = (claims, rendered)
+        return rendered
 
     def request_headers(
         self,

@@ -376,3 +376,23 @@ def test_remembered_claim_and_forwarding_fields_never_cross_requests() -> None:
     assert (b"X-Forwarded-For", b"1.2.3.4, 203.0.113.7") in prior
     again = the_plan.request_fields([(b"Host", b"h")], claims, "203.0.113.7", "http", "c")
     assert (b"X-Forwarded-For", b"203.0.113.7") in again
+
+
+def test_large_values_are_worked_out_each_time_not_remembered() -> None:
+    """A client's huge Host, or claims copied whole into payload_header: never kept in a
+    memo (1024 entries of those would be tens of MB a route), still sent right."""
+    from jwtproxy.headers import MEMO_ENTRY_MAX
+
+    the_plan = plan()
+    host = b"h" * 60_000
+    for i in range(3):
+        fields = the_plan.request_fields([(b"Host", host)], None, "203.0.113.7", "http", "r")
+        assert (b"X-Forwarded-Host", host) in fields
+    assert the_plan._forwarded_memo == {}
+    big = {**CLAIMS, "blob": "x" * MEMO_ENTRY_MAX}
+    fields = the_plan.request_fields([], big, "203.0.113.7", "http", "r")
+    (payload,) = [value for name, value in fields if name == b"X-Auth-Claims"]
+    assert json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4))) == big
+    assert the_plan._claims_memo == {}
+    the_plan.request_fields([], CLAIMS, "203.0.113.7", "http", "r")
+    assert len(the_plan._claims_memo) == 1  # a small one is remembered
