@@ -385,7 +385,7 @@ def test_large_values_are_worked_out_each_time_not_remembered() -> None:
 
     the_plan = plan()
     host = b"h" * 60_000
-    for i in range(3):
+    for _ in range(3):
         fields = the_plan.request_fields([(b"Host", host)], None, "203.0.113.7", "http", "r")
         assert (b"X-Forwarded-Host", host) in fields
     assert the_plan._forwarded_memo == {}
