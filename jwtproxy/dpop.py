@@ -138,15 +138,12 @@ class ProofChecker:
         self.keys: ExpiringCache[str, VerifyKey] = ExpiringCache(
             MAX_KEYS, until=lambda _key, _value, _now: math.inf, timer=wall_clock)
 
-    async def check(
+    async def check_proof(
         self, token: str, claims: Mapping[str, Any], issuer: Issuer,
         presentation: Presentation,
-    ) -> str | None:
-        """Raise unless the token was presented as its binding requires; return the
-        proof's `jti` when a proof was checked."""
-        if presentation.scheme == "bearer":
-            self.check_bearer(claims, issuer)
-            return None
+    ) -> str:
+        """A token presented as `Authorization: DPoP`: raise unless it is bound and its one
+        proof verifies; return the proof's `jti` (a Bearer one: `check_bearer`)."""
         mode = issuer.dpop_settings.mode
         cnf = claims.get("cnf")
         jkt = cnf.get("jkt") if isinstance(cnf, dict) else None

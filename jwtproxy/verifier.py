@@ -173,12 +173,12 @@ class Verifier:
             if presentation.scheme == "bearer":
                 self.proofs.check_bearer(verified.claims, self.issuers[verified.issuer])
                 return verified
-            jti = await self.proofs.check(
+            jti = await self.proofs.check_proof(
                 token, verified.claims, self.issuers[verified.issuer], presentation)
         except JwtProxyError as err:
             err.issuer, err.cache_hit = verified.issuer, verified.cache_hit
             raise
-        if trace is not None and jti is not None:
+        if trace is not None:
             trace.append(Step("dpop", True, f"proof verified (jti {jti[:40]})"))
         return verified
 
