@@ -189,9 +189,10 @@ class ProxyApp:
         request_id = request.headers.get("X-Request-Id", "")
         if not request_id or not REQUEST_ID_PATTERN.fullmatch(request_id):
             request_id = self.request_ids()
-        # the lean loop's requests have no body, Expect or Upgrade (lean.takes)
-        lean = isinstance(request, LeanRequest)
-        peer = peer_address(request)
+        if isinstance(request, LeanRequest):  # no body, Expect or Upgrade (lean.takes)
+            lean, peer = True, request.peer  # read once per connection
+        else:
+            lean, peer = False, peer_address(request)
         # the Host header as sent; no Host is "" (aiohttp's `request.host` would resolve
         # this machine's FQDN instead: a blocking DNS lookup per request, and a host-bound
         # route matched for a request that names no host)
@@ -330,9 +331,7 @@ def _is_websocket(request: web.BaseRequest | LeanRequest) -> bool:
             and "upgrade" in request.headers.get("Connection", "").lower())
 
 
-def peer_address(request: web.BaseRequest | LeanRequest) -> str | None:
-    if isinstance(request, LeanRequest):
-        return request.peer
+def peer_address(request: web.BaseRequest) -> str | None:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return str(peer[0]) if peer else None
 
