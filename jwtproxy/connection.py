@@ -51,7 +51,7 @@ class Connection(asyncio.Protocol):
     """One upstream connection; one exchange at a time."""
 
     # slots: `begin` resets ~25 of them per exchange and the parser callbacks read them
-    __slots__ = ("_can_write", "_tail", "body", "body_waiter", "buffered", "chunked", "closed",
+    __slots__ = ("_drain_waiter", "_tail", "body", "body_waiter", "buffered", "chunked", "closed",
                  "complete", "error", "fd", "final", "head_done", "head_only", "headers",
                  "idle_since", "in_exchange", "keep_alive", "key", "last_body", "loop",
                  "on_close", "parked_in", "parser", "poisoned", "reading_paused", "reason",
@@ -71,9 +71,8 @@ class Connection(asyncio.Protocol):
         self.in_exchange = False
         self.idle_since = 0.0
         self.parked_in: Parked | None = None
-        self._can_write = asyncio.Event()
-        self._can_write.set()
-        self.writing_paused = False
+        self.writing_paused = False  # flow control: the transport's buffer is full
+        self._drain_waiter: asyncio.Future[None] | None = None
         self.begin(head_only=False)
         self.in_exchange = False
 
@@ -168,15 +167,16 @@ class Connection(asyncio.Protocol):
             self._wake()
         if self.in_exchange and not self.complete:
             self._fail(UpstreamError(f"upstream closed the connection: {exc or 'EOF'}"))
-        self._can_write.set()
+        self.resume_writing()  # a writer waiting to drain learns of the close from send
 
     def pause_writing(self) -> None:
         self.writing_paused = True
-        self._can_write.clear()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        self._can_write.set()
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- llhttp callbacks ------------------------------------------------------------------
 
@@ -286,7 +286,10 @@ class Connection(asyncio.Protocol):
         return self.writing_paused
 
     async def drained(self) -> None:
-        await self._can_write.wait()
+        while self.writing_paused:
+            if self._drain_waiter is None:
+                self._drain_waiter = self.loop.create_future()
+            await self._drain_waiter
 
     async def write(self, data: bytes) -> None:
         if self.send(data):

@@ -726,3 +726,57 @@ async def test_request_bodies_arrive_byte_identical(
     assert len(framing_headers) <= 1
     if framing == "content-length" and size:
         assert framing_headers == [str(size)]
+
+
+# -- flow control towards the upstream ------------------------------------------------------
+
+
+@pytest.mark.parametrize("upstream_reads", [True, False])
+async def test_a_writer_waits_while_the_upstream_does_not_read(upstream_reads: bool) -> None:
+    """8 MB written to an upstream that reads nothing yet: the connection pauses the writer
+    (the pool's flow control) instead of buffering; once the upstream reads, every byte
+    arrives in order; an upstream that closes instead wakes the writer, whose next send
+    fails (502 for the request), never a hang."""
+    from jwtproxy.connection import UpstreamError
+    from jwtproxy.pool import UpstreamPool
+
+    go = asyncio.Event()
+    received = bytearray()
+    done = asyncio.Event()
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await go.wait()
+        if upstream_reads:
+            while chunk := await reader.read(1 << 16):
+                received.extend(chunk)
+        writer.transport.abort()
+        done.set()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    data = os.urandom(8 << 20)
+    try:
+        conn = await UpstreamPool().open(("127.0.0.1", port, None), 5.0)
+        conn.begin(head_only=False)
+        assert conn.send(data), "8 MB did not fill the transport: no flow control to test"
+        drained = asyncio.ensure_future(conn.drained())
+        await asyncio.sleep(0)  # one turn of the loop: nothing was read, it still waits
+        assert not drained.done()
+        if upstream_reads:
+            go.set()
+            await asyncio.wait_for(drained, 10)
+            assert conn.transport is not None
+            conn.transport.write_eof()
+            await asyncio.wait_for(done.wait(), 10)
+            assert bytes(received) == data
+        else:
+            go.set()
+            await asyncio.wait_for(done.wait(), 10)
+            await asyncio.wait_for(drained, 10)
+            with pytest.raises(UpstreamError):
+                for _ in range(100):  # the close reaches the transport within a few turns
+                    conn.send(b"more")
+                    await asyncio.sleep(0.01)
+    finally:
+        server.close()
+        await server.wait_closed()
