@@ -20,28 +20,23 @@ OUT=$RUN/instructions
 mkdir -p "$OUT"
 command -v valgrind >/dev/null || apt-get install -y -q -o DPkg::Lock::Timeout=900 valgrind >/dev/null
 source bench/one_worker.sh  # its EXIT trap stops what it started
-case $PATH_KIND in
-  valid|public) token=$(tr -d '\n' <$RUN/keys/valid.jwt) ;;
-  invalid) token=$(tr -d '\n' <$RUN/keys/badsig.jwt) ;;
-  distinct) token=$RUN/keys/distinct.pool.txt ;;  # a file: each request its own token
-  *) echo "path: valid|invalid|public|distinct" >&2; exit 2 ;;
-esac
+tokens=$(one_worker_tokens "$PATH_KIND")
 one_worker_start "$PATH_KIND" 18294 19304 "$OUT" \
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$PWD/$OUT/callgrind.out"
-warm=$token; [[ $PATH_KIND == distinct ]] && warm=$(tr -d '\n' <$RUN/keys/valid.jwt)
+warm=$(head -n1 "$(one_worker_tokens valid)")  # a distinct run keeps its tokens unseen
 wrk -t1 -c4 -d3s -H "Authorization: Bearer $warm" http://127.0.0.1:18294/ >/dev/null  # warm-up
 callgrind_control -i on "$proxy" >/dev/null 2>&1
-$PY - "$token" "$REQUESTS" <<'PY'
+$PY - "$tokens" "$REQUESTS" <<'PY'
+import itertools
 import socket
 import sys
 
-token, count = sys.argv[1], int(sys.argv[2])
-if token.startswith("bench/"):  # distinct: never-seen tokens, every one a cache miss
-    with open(token) as pool:
-        tokens = [line.strip() for line in pool if line.strip()][:count]
-    assert len(tokens) == count, "fewer distinct tokens than requests"
-else:
-    tokens = [token] * count
+count = int(sys.argv[2])
+with open(sys.argv[1]) as lines:
+    found = [line.strip() for line in lines if line.strip()]
+# one token again and again, or each request its own (distinct)
+tokens = list(itertools.islice(itertools.cycle(found), count)) if len(found) == 1 else found[:count]
+assert len(tokens) == count, "fewer distinct tokens than requests"
 with socket.create_connection(("127.0.0.1", 18294)) as sock:
     for token in tokens:
         sock.sendall(f"GET / HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n"

@@ -61,3 +61,14 @@ YAML
   done
   ((ready)) || { echo "jwtproxy not ready (see $out/proxy.log)" >&2; exit 1; }
 }
+
+# The tokens of a path, one per line: one token sent again and again (valid, public,
+# invalid), or 30,000 never-seen ones (distinct: more than the verified-token cache holds).
+one_worker_tokens() {
+  case $1 in
+    valid|public) echo "$RUN/keys/valid.jwt" ;;
+    invalid) echo "$RUN/keys/badsig.jwt" ;;
+    distinct) echo "$RUN/keys/distinct.pool.txt" ;;
+    *) echo "path: valid|invalid|public|distinct" >&2; exit 2 ;;
+  esac
+}

@@ -17,14 +17,14 @@ PROXY_PORT=18284 ADMIN_PORT=19294
 mkdir -p "$OUT"
 command -v py-spy >/dev/null || ${PYTHON:-python3} -m pip install -q py-spy
 source bench/one_worker.sh  # its EXIT trap stops what it started
+tokens=$(one_worker_tokens "$PATH_KIND")
 one_worker_start "$PATH_KIND" "$PROXY_PORT" "$ADMIN_PORT" "$OUT"
 
-case $PATH_KIND in
-  valid|public) args=(-H "Authorization: Bearer $(cat $RUN/keys/valid.jwt)") ;;
-  invalid) args=(-H "Authorization: Bearer $(cat $RUN/keys/badsig.jwt)") ;;
-  distinct) args=(-s bench/bench.lua) ; export BENCH_TOKENS=${BENCH_TOKENS:-$RUN/keys/distinct.txt} ;;
-  *) echo "path: valid|distinct|invalid|public" >&2; exit 2 ;;
-esac
+if [[ $PATH_KIND == distinct ]]; then  # bench.lua sends the file's tokens in turn
+  args=(-s bench/bench.lua); export BENCH_TOKENS=${BENCH_TOKENS:-$tokens}
+else
+  args=(-H "Authorization: Bearer $(tr -d '\n' <"$tokens")")
+fi
 wrk -t1 -c32 -d2s "${args[@]}" "http://127.0.0.1:$PROXY_PORT/" >/dev/null  # warm-up
 wrk -t1 -c32 -d"$((SECONDS_TO_SAMPLE + 2))s" "${args[@]}" "http://127.0.0.1:$PROXY_PORT/" \
   >"$OUT/wrk.txt" &
