@@ -91,12 +91,13 @@ class AccessLog:
         return self.logger.isEnabledFor(logging.INFO)
 
     def write(self, fields: dict[str, Any]) -> None:
-        handler = _handler[0]
-        parent = self.logger.parent
-        if (handler is None or logging.root.handlers != [handler] or self.logger.handlers
-                or self.logger.filters or parent is None or parent.handlers or parent.filters):
+        handlers, parent = logging.root.handlers, self.logger.parent
+        if (len(handlers) != 1 or type(handlers[0]) is not _StderrHandler
+                or self.logger.handlers or self.logger.filters
+                or parent is None or parent.handlers or parent.filters):
             self.logger.info("request", extra=fields)
             return
+        handler = handlers[0]
         formatter = handler.formatter
         assert isinstance(formatter, _LineFormatter)
         line = formatter.line(time.time(), "info", ACCESS_LOGGER, "request", fields)
@@ -108,7 +109,8 @@ class AccessLog:
             self.logger.info("request", extra=fields)
 
 
-_handler: list[logging.StreamHandler[Any] | None] = [None]  # what setup_logging installed
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The one handler setup_logging installs (its filter lets access lines through)."""
 
 
 class ParserErrorFilter(logging.Filter):
@@ -141,11 +143,10 @@ def setup_logging(level: str, fmt: str) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(ParserErrorFilter())
     logging.root.handlers[:] = [handler]
-    _handler[0] = handler
     logging.root.setLevel(logging.WARNING)
     ours = logging.getLogger("jwtproxy")
     ours.handlers.clear()
